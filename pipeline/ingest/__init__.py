@@ -1,0 +1,173 @@
+"""Ingest: expand inputs, detect each file's format, and let each format module parse its files.
+
+The registry is the ordered tuple FORMATS: detection asks each module in this order and takes
+the first that recognises the file's head, so more specific formats come first. `--format NAME`
+and detection share `resolve_format`, so there is exactly one code path.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import importlib
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import InputFormatError
+from ..schema import MESSAGES, REJECTS
+from ..workdir import DatasetWriter, write_json
+from .base import IngestContext, IngestOptions, Source
+
+# Module names under pipeline.ingest, in detection order (most specific first).
+FORMATS: tuple[str, ...] = (
+    "exchange_protocol",
+    "exchange_tracking",
+    "exo_trace",
+    "iis_smtp",
+    "exim",
+    "sendmail",
+    "postfix",
+    "csv_canonical",
+)
+
+
+def _load(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"{__name__}.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{module}":
+            return None  # format not built yet
+        raise
+
+
+def registry() -> list[ModuleType]:
+    """The available format modules, in detection order."""
+    return [m for m in (_load(name) for name in FORMATS) if m is not None]
+
+
+def format_names() -> list[str]:
+    return [m.NAME for m in registry()]
+
+
+def get_format(name: str) -> ModuleType:
+    for m in registry():
+        if m.NAME == name:
+            return m
+    raise InputFormatError(
+        f"unknown format {name!r}; expected one of: {', '.join(format_names())}"
+    )
+
+
+def resolve_format(source: Source, forced: str | None = None) -> ModuleType:
+    """The format module for `source`: the forced one, or the first whose detect() says yes."""
+    if forced:
+        return get_format(forced)
+    head = source.head()
+    if not head.strip():
+        raise InputFormatError(f"{source.name}: the file is empty; expected a mail log")
+    for module in registry():
+        if module.detect(head):
+            return module
+    raise InputFormatError(
+        f"{source.name}: not a log format relay-impact recognises "
+        f"(expected one of: {', '.join(format_names())}); "
+        "name it with --format, or convert it to the canonical CSV (--format csv)"
+    )
+
+
+def expand_inputs(
+    inputs: Iterable[str | Path], host: str | None = None, host_globs: dict[str, list[str]] | None = None
+) -> list[Source]:
+    """Files, folders (recursive), globs, .gz files and .zip archives -> Sources.
+
+    A file's host comes from `host` (--host) or else from the first `[[hosts]]` entry whose
+    `logs` globs match its path.
+    """
+    sources: list[Source] = []
+    for item in inputs:
+        item = str(item)
+        paths: list[Path]
+        if any(ch in item for ch in "*?["):
+            paths = [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+            if not paths:
+                raise InputFormatError(f"{item}: the pattern matches no file")
+        else:
+            p = Path(item)
+            if not p.exists():
+                raise InputFormatError(f"{item}: no such file or folder")
+            paths = [p]
+        for p in paths:
+            if p.is_dir():
+                files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            else:
+                files = [p]
+            for f in files:
+                if f.name in ("tenant.toml",) or f.suffix.lower() in (".toml", ".md"):
+                    continue  # a config or README next to the logs is not a log
+                h = host or _host_for(f, host_globs or {})
+                if f.suffix.lower() == ".zip":
+                    sources.extend(_zip_members(f, h))
+                else:
+                    sources.append(Source(f, host=h))
+    return sources
+
+
+def _host_for(path: Path, host_globs: dict[str, list[str]]) -> str | None:
+    text = str(path)
+    resolved = str(path.resolve())
+    for name, patterns in host_globs.items():
+        for pat in patterns:
+            if fnmatch.fnmatch(text, pat) or fnmatch.fnmatch(resolved, pat) or fnmatch.fnmatch(
+                path.name, pat
+            ):
+                return name
+    return None
+
+
+def _zip_members(path: Path, host: str | None) -> list[Source]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InputFormatError(f"{path}: not a readable .zip archive ({exc})") from exc
+    return [Source(path, member=n, host=host) for n in sorted(names)]
+
+
+def ingest(
+    inputs: Iterable[str | Path],
+    workdir: str | Path,
+    fmt: str | None = None,
+    options: IngestOptions | None = None,
+    host_globs: dict[str, list[str]] | None = None,
+    progress=None,
+) -> dict:
+    """Parse the logs into WORKDIR/messages and WORKDIR/rejects; return the line accounting.
+
+    Files are grouped by format and each format reads all of its files at once.
+    """
+    options = options or IngestOptions()
+    workdir = Path(workdir)
+    sources = expand_inputs(inputs, host=options.host, host_globs=host_globs)
+    if not sources:
+        raise InputFormatError("no input files given")
+    groups: dict[str, tuple[ModuleType, list[Source]]] = {}
+    for src in sources:
+        module = resolve_format(src, fmt)
+        groups.setdefault(module.NAME, (module, []))[1].append(src)
+
+    with DatasetWriter(workdir / "rejects", REJECTS) as rejects, DatasetWriter(
+        workdir / "messages", MESSAGES
+    ) as messages:
+        ctx = IngestContext(options, reject_sink=rejects.write)
+        for _name, (module, files) in groups.items():
+            for batch in module.read(files, ctx):
+                messages.write(batch)
+                if progress:
+                    progress(messages.rows)
+    summary = ctx.accounting.to_json()
+    summary["messages"] = messages.rows
+    summary["formats"] = {name: [s.name for s in files] for name, (_m, files) in groups.items()}
+    write_json(workdir / "ingest.json", summary)
+    return summary

@@ -1,0 +1,169 @@
+"""The WORKDIR layout and crash-safe writes.
+
+    WORKDIR/messages/part-*.parquet   one row per message (schema.MESSAGES)
+    WORKDIR/rejects/part-*.parquet    lines that could not be parsed (schema.REJECTS)
+    WORKDIR/verdicts/part-*.parquet   messages + verdict columns (schema.VERDICTS)
+    WORKDIR/ingest.json               per-file line accounting of the last ingest
+    WORKDIR/evaluate.json             what evaluate used (pack, config digest, warnings)
+    WORKDIR/report/                   what the reporters write
+
+Every file is written under a temporary name and renamed into place; a dataset directory is
+staged next to its final name and swapped in at the end, so a crash leaves the previous
+outputs intact and never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import WorkdirError
+from .schema import conform
+
+ROW_GROUP = 1_000_000
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+class DatasetWriter:
+    """Writes a Parquet dataset into a staging directory; `commit()` swaps it in.
+
+    Batches are buffered up to ROW_GROUP rows per row group and PART_ROWS per file, so memory
+    stays bounded by one row group whatever the input size.
+    """
+
+    PART_ROWS = 8_000_000
+
+    def __init__(self, final_dir: Path, schema: pa.Schema):
+        self.final_dir = Path(final_dir)
+        self.schema = schema
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(
+            tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.final_dir.parent)
+        )
+        self._writer: pq.ParquetWriter | None = None
+        self._part = 0
+        self._rows_in_part = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        table = conform(batch, self.schema)
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        if self._buffered >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer)
+        self._buffer, self._buffered = [], 0
+        if self._writer is None or self._rows_in_part >= self.PART_ROWS:
+            self._close_part()
+            path = self.stage / f"part-{self._part:05d}.parquet"
+            self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+            self._part += 1
+            self._rows_in_part = 0
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self._rows_in_part += table.num_rows
+
+    def _close_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def commit(self) -> None:
+        self._flush()
+        if self._part == 0:  # an empty dataset still has its schema on disk
+            pq.write_table(self.schema.empty_table(), self.stage / "part-00000.parquet")
+        self._close_part()
+        replace_dir(self.stage, self.final_dir)
+
+    def abort(self) -> None:
+        self._close_part()
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def replace_dir(stage: Path, final: Path) -> None:
+    """Swap a fully written staging directory in for `final` (two renames, old removed last)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def dataset_files(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob("part-*.parquet"))
+
+
+def require_dataset(workdir: Path, name: str, hint: str) -> list[Path]:
+    files = dataset_files(Path(workdir) / name)
+    if not files:
+        raise WorkdirError(f"{Path(workdir) / name}: no {name} dataset here; {hint}")
+    return files
+
+
+def iter_batches(
+    files: Iterable[Path], columns: list[str] | None = None, batch_size: int = ROW_GROUP
+) -> Iterator[pa.RecordBatch]:
+    """Stream a dataset's record batches (bounded memory)."""
+    for path in files:
+        pf = pq.ParquetFile(path)
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_table(files: Iterable[Path], columns: list[str] | None = None) -> pa.Table:
+    files = list(files)
+    tables = [pq.read_table(p, columns=columns) for p in files]
+    return pa.concat_tables(tables) if tables else pa.table({})
