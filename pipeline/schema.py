@@ -61,6 +61,7 @@ _VERDICT_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("scenario", DICT, "why a rejected message is rejected (empty otherwise)"),
     ("third_party", DICT, "sending service the P1 domain belongs to"),
     ("reason", DICT, "one-line explanation of the verdict"),
+    ("remedy", DICT, "what to change, from the pack's scenario and the service catalog"),
 ]
 
 VERDICTS = pa.schema(

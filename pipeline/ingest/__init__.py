@@ -53,7 +53,7 @@ def format_names() -> list[str]:
 
 def get_format(name: str) -> ModuleType:
     for m in registry():
-        if m.NAME == name:
+        if name == m.NAME:
             return m
     raise InputFormatError(
         f"unknown format {name!r}; expected one of: {', '.join(format_names())}"

@@ -1,0 +1,43 @@
+"""Rule packs (data) and the vectorized engine that applies them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TenantConfig
+from ..schema import VERDICTS
+from ..workdir import DatasetWriter, iter_batches, require_dataset, write_json
+from .engine import Engine, RuleContext
+from .packs import Pack, load_pack, pack_names
+
+__all__ = ["Engine", "Pack", "RuleContext", "evaluate", "evaluate_table", "load_pack", "pack_names"]
+
+
+def evaluate_table(messages, config: TenantConfig, pack: str | Pack | None = None):
+    """Verdicts for an in-memory messages table or batch (notebooks, tests)."""
+    import pyarrow as pa
+
+    engine = Engine(config, pack)
+    batches = messages.to_batches() if isinstance(messages, pa.Table) else [messages]
+    out = [engine.evaluate_batch(b) for b in batches]
+    return pa.Table.from_batches(out, schema=VERDICTS) if out else VERDICTS.empty_table()
+
+
+def evaluate(workdir: str | Path, config: TenantConfig, pack: str | Pack | None = None, progress=None) -> dict:
+    """Stream WORKDIR/messages through the engine into WORKDIR/verdicts (bounded memory)."""
+    workdir = Path(workdir)
+    files = require_dataset(workdir, "messages", "run `relay-impact ingest LOGS --out WORKDIR` first")
+    engine = Engine(config, pack)
+    with DatasetWriter(workdir / "verdicts", VERDICTS) as writer:
+        for batch in iter_batches(files):
+            writer.write(engine.evaluate_batch(batch))
+            if progress:
+                progress(writer.rows)
+    info = {
+        "rule_pack": engine.rc.pack.name,
+        "config": config.path,
+        "messages": writer.rows,
+        "warnings": dict(engine.warnings.most_common()),
+    }
+    write_json(workdir / "evaluate.json", info)
+    return info
