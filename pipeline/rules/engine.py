@@ -380,7 +380,8 @@ class Engine:
         named_status = nf["status"][c["connector"]]
         by_ip = ip_conn >= 0
         by_cert = cert_conn >= 0
-        cert_unknown = cert_source == 5
+        # An unrecorded certificate only leaves the match open if some connector matches by name.
+        cert_unknown = (cert_source == 5) & any(x.tls_sender_certificate_name for x in rc.counted)
         conn_match = np.select(
             [named_status == 1, named_status == 3, named_status == 2, by_ip | by_cert, (ip_state == 0) | cert_unknown],
             [1, 1, 0, 1, 2],
