@@ -138,7 +138,7 @@ class Reference:
             cert_acc = U
 
         if named:
-            cm = True if named_counted else (False if named_cfg is not None else True)
+            cm = named_counted or named_cfg is None  # unknown names count, with a warning
         elif ip_match or cert_match:
             cm = True
         elif not ip_known or (cert_unknown and any(c.tls_sender_certificate_name for c in self.counted)):
