@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -165,8 +166,23 @@ def _dictionary(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col.cast(pa.string()))
     dictionary = col.dictionary.cast(pa.string())
-    codes = pc.fill_null(col.indices.cast(pa.int64()), len(dictionary)).to_numpy()
+    indices = col.indices
+    if indices.type != pa.int32():
+        indices = indices.cast(pa.int32())
+    # Read the index buffer in place (zero copy); nulls get the extra slot len(dictionary).
+    codes = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices) + indices.offset)[indices.offset:]
+    if indices.null_count:
+        codes = np.where(_validity(indices), codes, np.int32(len(dictionary)))
     return codes, dictionary
+
+
+def _validity(arr: pa.Array) -> np.ndarray:
+    """The validity bitmap as a bool array (all true when the array has no bitmap)."""
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.ones(len(arr), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
 
 
 def _with_null(values: np.ndarray, null_value) -> np.ndarray:
@@ -323,7 +339,9 @@ class Engine:
         codes["logged_by_exo"] = _bool_code(cols["logged_by_exo"])
         codes["is_ndr"] = _bool_code(cols["is_ndr"])
 
-        order = ["p1_domain", "p1_kind", "p2_domain", "relay_ip", "tls_cert", "host", "connector", "relay_host", "recipient_domains", "logged_by_exo", "is_ndr"]
+        # Correlated columns side by side (a host has one IP and certificate), so the partial
+        # keys stay small and densify through lookup tables instead of hashing.
+        order = ["host", "relay_ip", "tls_cert", "connector", "relay_host", "logged_by_exo", "p1_domain", "p1_kind", "p2_domain", "recipient_domains", "is_ndr"]
         sizes = {k: len(facts[k]["values"]) + 1 if k in facts else 4 for k in order}
         inverse, rep = _factorize([codes[k] for k in order], [sizes[k] for k in order])
         combo = {k: codes[k][rep] for k in order}
@@ -464,20 +482,27 @@ class Engine:
         """Hygiene and data-quality warnings, counted in messages (relay-rules.md)."""
         w = self.warnings
 
-        def add(mask: np.ndarray, label_fn) -> None:
-            for i in np.flatnonzero(mask):
-                w[label_fn(i)] += int(weights[i])
+        def add(mask: np.ndarray, label_fn, key: np.ndarray | None = None) -> None:
+            """Count messages per distinct `key` value under `mask`; Python runs once per
+            distinct warning text, never per message or per combo."""
+            if not mask.any():
+                return
+            key = np.zeros(len(mask), dtype=np.int64) if key is None else key
+            totals = np.bincount(key[mask], weights=weights[mask])
+            for k in np.flatnonzero(totals):
+                w[label_fn(int(k))] += int(totals[k])
 
         # Python here runs once per distinct warning combo, never per message.
-        named_vals = nf["values"].to_pylist()
-        add(named_status == 3, lambda i: f"connector {named_vals[c['connector'][i]]!r} named in the logs is not in the config (counted as a match)")
+        named_vals = nf["values"].to_pylist() + [None]
+        add(named_status == 3, lambda k: f"connector {named_vals[k]!r} named in the logs is not in the config (counted as a match)", c["connector"])
         ip_vals = ipf["values"].to_pylist() + [None]
-        add(has_relay_ip & (ip_state == 0), lambda i: f"source IP {ip_vals[c['relay_ip'][i]]!r} is not an IP address (treated as unknown)")
-        add((ip_state == 2), lambda _i: "IPv6 source addresses never match a connector (Exchange Online connectors are IPv4 only)")
+        add(has_relay_ip & (ip_state == 0), lambda k: f"source IP {ip_vals[k]!r} is not an IP address (treated as unknown)", c["relay_ip"])
+        add((ip_state == 2), lambda _k: "IPv6 source addresses never match a connector (Exchange Online connectors are IPv4 only)")
         host_vals = hf["values"].to_pylist() + [None]
-        add(~has_relay_ip & ~host_known & (c["host"] < len(hf["values"])), lambda i: f"host {host_vals[c['host'][i]]!r} is not in the config [[hosts]]: its source IP and certificate are unknown")
-        add(ip_disabled & in_scope, lambda _i: "traffic still comes from the range of a disabled OnPremises connector")
-        add((service >= 0) & (via == 1) & in_scope, lambda i: f"third-party service {self.rc.services.services[service[i]].name} is matched by a connector IP range: shared IPs let other tenants relay too (MC1226222)")
+        add(~has_relay_ip & ~host_known & (c["host"] < len(hf["values"])), lambda k: f"host {host_vals[k]!r} is not in the config [[hosts]]: its source IP and certificate are unknown", c["host"])
+        add(ip_disabled & in_scope, lambda _k: "traffic still comes from the range of a disabled OnPremises connector")
+        svc = self.rc.services.services
+        add((service >= 0) & (via == 1) & in_scope, lambda k: f"third-party service {svc[k].name} is matched by a connector IP range: shared IPs let other tenants relay too (MC1226222)", np.maximum(service, 0))
 
 
 # ------------------------------------------------------------------------------------------
@@ -490,8 +515,11 @@ def _p1_kind(p1: pa.Array, p1_domain_codes: np.ndarray, n_dict: int) -> np.ndarr
         p1 = p1.combine_chunks()
     if pa.types.is_dictionary(p1.type):
         p1 = p1.cast(pa.string())
-    valid = pc.is_valid(p1).to_numpy(zero_copy_only=False)
-    empty = pc.fill_null(pc.equal(pc.binary_length(p1), 0), False).to_numpy(zero_copy_only=False)
+    if not pa.types.is_string(p1.type):
+        p1 = p1.cast(pa.string())
+    valid = _validity(p1)
+    offsets = np.frombuffer(p1.buffers()[1], dtype=np.int32, count=len(p1) + 1 + p1.offset)[p1.offset:]
+    empty = np.diff(offsets) == 0  # '' is the null sender; read lengths off the offsets
     has_dom = p1_domain_codes < n_dict
     return np.select([~valid, empty, has_dom], [0, 1, 2], default=3).astype(np.int64)
 
@@ -513,8 +541,10 @@ def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndar
     key = np.zeros(n, dtype=np.int64)
     span = 1
     for codes, size in zip(code_arrays, sizes, strict=True):
-        if span * size >= 2**62:
-            key, span = _densify(key)
+        if size == 1:
+            continue
+        if span * size > _TABLE_LIMIT:
+            key, span = _densify(key, span)
         key = key * size + codes
         span *= size
     inverse, m = _densify(key, span)
@@ -523,17 +553,20 @@ def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndar
     return inverse, rep
 
 
+_TABLE_LIMIT = 1 << 24
+
+
 def _densify(key: np.ndarray, span: int | None = None) -> tuple[np.ndarray, int]:
-    """Map keys to 0..m-1. A lookup table when the key space is small, else a sort."""
-    if span is not None and span <= max(4 * len(key), 1 << 22):
+    """Map keys to 0..m-1. A lookup table when the key space is small, else a hash."""
+    if span is not None and span <= _TABLE_LIMIT:
         present = np.zeros(span, dtype=bool)
         present[key] = True
         uniq = np.flatnonzero(present)
         remap = np.empty(span, dtype=np.int64)
         remap[uniq] = np.arange(len(uniq))
         return remap[key], len(uniq)
-    uniq, inverse = np.unique(key, return_inverse=True)
-    return inverse.astype(np.int64), len(uniq)
+    inverse, uniq = pd.factorize(key, sort=False)  # hashing: O(n), unlike a sort
+    return inverse.astype(np.int64, copy=False), len(uniq)
 
 
 def _tri(codes: np.ndarray) -> pa.Array:
@@ -589,11 +622,10 @@ def _cat(*parts) -> pa.Array:
 
 def _choose(conditions: list[np.ndarray], values: list, default) -> pa.Array:
     """First value whose condition holds (vectorized CASE WHEN)."""
-    m = len(conditions[0])
     conds = pa.StructArray.from_arrays(
         [pa.array(np.asarray(x, dtype=bool)) for x in conditions], names=[f"c{i}" for i in range(len(conditions))]
     )
-    vals = [v if isinstance(v, pa.Array) else pa.array([v] * m, pa.string()) for v in [*values, default]]
+    vals = [v if isinstance(v, pa.Array) else pa.scalar(v, pa.string()) for v in [*values, default]]
     return pc.case_when(conds, *vals)
 
 
@@ -643,18 +675,26 @@ def _reason(*, kind, p1_dom, p1_acc, p2_dom, p2_acc, cert_source, cert_state, ce
 
 
 def _dict_from_codes(codes: np.ndarray, values: tuple[str, ...], inverse: np.ndarray) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(pa.array(codes[inverse].astype(np.int32)), pa.array(values, pa.string()))
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)[inverse]), pa.array(values, pa.string()))
 
 
 def _dict_from_strings(per_combo: pa.Array, inverse: np.ndarray) -> pa.DictionaryArray:
+    """Per-combo strings -> a row column sharing one small dictionary (one int32 gather)."""
     enc = pc.dictionary_encode(per_combo)
-    idx = pc.fill_null(enc.indices.cast(pa.int32()), -1).to_numpy()[inverse]
-    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), enc.dictionary)
+    codes = pc.fill_null(enc.indices.cast(pa.int32()), -1).to_numpy()
+    idx = codes[inverse]
+    if (codes < 0).any():
+        return pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), enc.dictionary)
+    return pa.DictionaryArray.from_arrays(pa.array(idx), enc.dictionary)
 
 
 def _bool_from_codes(codes: np.ndarray, inverse: np.ndarray) -> pa.Array:
-    row = codes[inverse]
-    return pa.array(row == 1, mask=row == 2)
+    """Per-combo 0/1/2 codes -> a nullable boolean row column, bit-packed directly."""
+    row = codes.astype(np.int8)[inverse]
+    data = pa.py_buffer(np.packbits(row == 1, bitorder="little"))
+    unknown = row == 2
+    validity = pa.py_buffer(np.packbits(~unknown, bitorder="little")) if unknown.any() else None
+    return pa.BooleanArray.from_buffers(pa.bool_(), len(row), [validity, data])
 
 
 def _assemble(batch, cols, out, inverse, pack_name) -> pa.RecordBatch:
