@@ -43,25 +43,29 @@ __all__ = [
 
 def ingest(
     logs, workdir: str | Path, config: TenantConfig | None = None, fmt: str | None = None,
-    options: IngestOptions | None = None, progress=None,
+    options: IngestOptions | None = None, progress=None, fresh: bool = False,
 ) -> dict:
     """Parse logs into WORKDIR/messages (and rejects); the config, when given, supplies the
-    hosts' log globs, the relay targets and the connector ranges that some formats use."""
+    hosts' log globs, the relay targets and the connector ranges that some formats use.
+    Incremental: files already read into WORKDIR are skipped unless they grew (or `fresh`)."""
     options = options or IngestOptions()
     host_globs = None
     if config is not None:
         options.relay_targets = config.relay_targets
         options.connector_ranges = connector_ranges(config, relay_only=False)
         host_globs = config.host_globs()
-    return _ingest(logs, workdir, fmt=fmt, options=options, host_globs=host_globs, progress=progress)
+    return _ingest(logs, workdir, fmt=fmt, options=options, host_globs=host_globs, progress=progress, fresh=fresh)
 
 
 def run(
     logs, workdir: str | Path, config: TenantConfig, fmt: str | None = None, pack: str | None = None,
-    formats=None, options: IngestOptions | None = None, progress=None,
+    formats=None, options: IngestOptions | None = None, progress=None, fresh: bool = False,
 ) -> dict:
     """The main job: ingest, evaluate and report in one go."""
-    ingested = ingest(logs, workdir, config=config, fmt=fmt, options=options, progress=progress)
+    from .rules import RuleContext
+
+    RuleContext.build(config, pack)  # refuse a pack that does not apply before reading logs
+    ingested = ingest(logs, workdir, config=config, fmt=fmt, options=options, progress=progress, fresh=fresh)
     evaluated = evaluate(workdir, config, pack, progress=progress)
     reported = report(workdir, formats)
     return {"ingest": ingested, "evaluate": evaluated, "report": reported}

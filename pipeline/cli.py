@@ -20,8 +20,8 @@ from .ingest import registry
 from .ingest.base import IngestOptions
 from .report import report as lib_report
 from .report import terminal_summary
+from .rules import RuleContext, pack_names
 from .rules import evaluate as lib_evaluate
-from .rules import pack_names
 from .schema import IMPACTS
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ PackOpt = Annotated[str | None, typer.Option("--pack", help="Rule pack (default:
 FailOnOpt = Annotated[str | None, typer.Option("--fail-on", help="Comma-separated impacts (e.g. newly_rejected,possibly_rejected): exit 3 when any message has one.")]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="Report only messages from this date (2026-11-01) or age (7d, 24h) on.")]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Report only messages before this date or age.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start the WORKDIR over instead of adding to it.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 
 
@@ -124,16 +125,19 @@ def run(
     date_format: DateFmtOpt = None, pack: PackOpt = None,
     report_formats: Annotated[str | None, typer.Option("--report", help="Report formats to write (default: all).")] = None,
     since: SinceOpt = None, until: UntilOpt = None, fail_on: FailOnOpt = None, quiet: QuietOpt = False,
+    fresh: FreshOpt = False,
 ) -> None:
-    """Ingest, evaluate and report in one go (the main job).
+    """Ingest, evaluate and report in one go (the main job). Re-running into the same WORKDIR
+    reads only new or grown files.
 
     Example: relay-impact run sample_logs/ --config sample_logs/tenant.toml --out out
     """
     wanted = _fail_on(fail_on)
     cfg = _load_config(config, pack)
+    _guard(lambda: RuleContext.build(cfg, pack))  # refuse before reading logs, not after
     opts = _options(host, tz, year, dayfirst, date_format)
     progress = _progress(quiet)
-    _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=progress))
+    _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=progress, fresh=fresh))
     _guard(lambda: lib_evaluate(out, cfg, pack, progress=progress))
     done = _guard(lambda: lib_report(out, _split(report_formats), since=since, until=until))
     if progress:
@@ -149,20 +153,23 @@ def ingest(
     logs: Logs, out: OutOpt = Path("relay-impact-out"), format: FormatOpt = None, host: HostOpt = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Tenant config: its [[hosts]] logs globs name hosts; connector ranges mark relayed trace rows.")] = None,
     tz: TzOpt = None, year: YearOpt = None, dayfirst: DayfirstOpt = None, date_format: DateFmtOpt = None,
-    quiet: QuietOpt = False,
+    quiet: QuietOpt = False, fresh: FreshOpt = False,
 ) -> None:
-    """Parse logs into WORKDIR/messages/ (and WORKDIR/rejects/).
+    """Parse logs into WORKDIR/messages/ (and WORKDIR/rejects/); adds to what WORKDIR holds,
+    reading only new or grown files, unless --fresh.
 
     Example: relay-impact ingest /var/log/mail.log* --out out --host relay01
     """
     cfg = _load_config(config, None) if config else None
     opts = _options(host, tz, year, dayfirst, date_format)
-    summary = _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=_progress(quiet)))
+    summary = _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=_progress(quiet), fresh=fresh))
     if not quiet:
-        t = summary["totals"]
+        t = summary["this_run"]["totals"]
+        skipped_files = len(summary["this_run"]["files_skipped"])
         typer.echo(
-            f"{summary['messages']} messages from {t['files']} files: {t['lines']} lines read, "
-            f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed"
+            f"{t['files']} files read ({skipped_files} already read before): {t['lines']} lines, "
+            f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed; "
+            f"{summary['messages']} messages in the WORKDIR"
         )
         typer.echo(f"messages: {out / 'messages'}")
 

@@ -26,6 +26,8 @@ def extract(s: pa.Array, pattern: str) -> pa.Array:
     """The named group of `pattern` (exactly one), null where the pattern does not match.
 
     (StructArray.field ignores the struct's own validity, so unmatched rows need masking.)"""
+    if isinstance(s, pa.ChunkedArray):
+        s = s.combine_chunks()
     m = pc.extract_regex(s, pattern)
     return pc.if_else(pc.is_valid(m), m.field(0), pa.scalar(None, m.type.field(0).type))
 

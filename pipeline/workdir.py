@@ -1,8 +1,9 @@
 """The WORKDIR layout and crash-safe writes.
 
-    WORKDIR/messages/part-*.parquet   one row per message (schema.MESSAGES)
-    WORKDIR/rejects/part-*.parquet    lines that could not be parsed (schema.REJECTS)
-    WORKDIR/verdicts/part-*.parquet   messages + verdict columns (schema.VERDICTS)
+    WORKDIR/messages/*.parquet        one row per message (schema.MESSAGES), one part per ingest run
+    WORKDIR/rejects/*.parquet         lines that could not be parsed (schema.REJECTS)
+    WORKDIR/verdicts/*.parquet        messages + verdict columns (schema.VERDICTS)
+    WORKDIR/manifest.json             files read so far (incremental ingest, pipeline/manifest.py)
     WORKDIR/ingest.json               per-file line accounting of the last ingest
     WORKDIR/evaluate.json             what evaluate used (pack, config digest, warnings)
     WORKDIR/report/                   what the reporters write
@@ -68,9 +69,10 @@ class DatasetWriter:
 
     PART_ROWS = 8_000_000
 
-    def __init__(self, final_dir: Path, schema: pa.Schema):
+    def __init__(self, final_dir: Path, schema: pa.Schema, prefix: str = "part"):
         self.final_dir = Path(final_dir)
         self.schema = schema
+        self.prefix = prefix
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
         self.stage = Path(
             tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.final_dir.parent)
@@ -99,7 +101,7 @@ class DatasetWriter:
         self._buffer, self._buffered = [], 0
         if self._writer is None or self._rows_in_part >= self.PART_ROWS:
             self._close_part()
-            path = self.stage / f"part-{self._part:05d}.parquet"
+            path = self.stage / f"{self.prefix}-{self._part:05d}.parquet"
             self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
             self._part += 1
             self._rows_in_part = 0
@@ -111,10 +113,21 @@ class DatasetWriter:
             self._writer.close()
             self._writer = None
 
+    def carry(self, path: Path) -> None:
+        """Keep an existing part file of the dataset as it is (hard link, else copy)."""
+        target = self.stage / path.name
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+        self._carried = getattr(self, "_carried", 0) + 1
+        self.rows += pq.ParquetFile(target).metadata.num_rows
+
     def commit(self) -> None:
         self._flush()
-        if self._part == 0:  # an empty dataset still has its schema on disk
-            pq.write_table(self.schema.empty_table(), self.stage / "part-00000.parquet")
+        if self._part == 0 and not getattr(self, "_carried", 0):
+            # an empty dataset still has its schema on disk
+            pq.write_table(self.schema.empty_table(), self.stage / f"{self.prefix}-00000.parquet")
         self._close_part()
         replace_dir(self.stage, self.final_dir)
 
@@ -144,7 +157,7 @@ def replace_dir(stage: Path, final: Path) -> None:
 
 
 def dataset_files(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("part-*.parquet"))
+    return sorted(p for p in Path(directory).glob("*.parquet") if not p.name.startswith("."))
 
 
 def require_dataset(workdir: Path, name: str, hint: str) -> list[Path]:

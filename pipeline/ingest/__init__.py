@@ -10,15 +10,19 @@ from __future__ import annotations
 import fnmatch
 import glob
 import importlib
+import time
+import uuid
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
+import pyarrow as pa
+
 from ..errors import InputFormatError
 from ..schema import MESSAGES, REJECTS
-from ..workdir import DatasetWriter, write_json
-from .base import IngestContext, IngestOptions, Source
+from ..workdir import DatasetWriter, dataset_files, read_json, write_json
+from .base import Accounting, IngestContext, IngestOptions, Source
 
 # Module names under pipeline.ingest, in detection order (most specific first).
 FORMATS: tuple[str, ...] = (
@@ -142,32 +146,93 @@ def ingest(
     options: IngestOptions | None = None,
     host_globs: dict[str, list[str]] | None = None,
     progress=None,
+    fresh: bool = False,
 ) -> dict:
     """Parse the logs into WORKDIR/messages and WORKDIR/rejects; return the line accounting.
 
-    Files are grouped by format and each format reads all of its files at once.
+    Incremental unless `fresh`: files read by an earlier run into the same WORKDIR are skipped
+    when unchanged or merely rotated, and re-read (their earlier rows replaced) when they grew
+    (pipeline/manifest.py). Files are grouped by format; each format reads all of its files.
     """
+    from ..manifest import Manifest
+
     options = options or IngestOptions()
     workdir = Path(workdir)
     sources = expand_inputs(inputs, host=options.host, host_globs=host_globs)
     if not sources:
         raise InputFormatError("no input files given")
+    manifest = Manifest(workdir)
+    if fresh:
+        manifest.files = {}
+    plan = manifest.plan(sources)
     groups: dict[str, tuple[ModuleType, list[Source]]] = {}
-    for src in sources:
+    for src in plan.to_read:
         module = resolve_format(src, fmt)
         groups.setdefault(module.NAME, (module, []))[1].append(src)
 
-    with DatasetWriter(workdir / "rejects", REJECTS) as rejects, DatasetWriter(
-        workdir / "messages", MESSAGES
+    previous = {} if fresh else read_json(workdir / "ingest.json").get("files", {})
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique part names
+    with DatasetWriter(workdir / "rejects", REJECTS, prefix=f"run-{run_id}") as rejects, DatasetWriter(
+        workdir / "messages", MESSAGES, prefix=f"run-{run_id}"
     ) as messages:
-        ctx = IngestContext(options, reject_sink=rejects.write)
+        renames = plan.renames(manifest)
+        if not fresh:
+            _carry_over(workdir / "messages", messages, plan.replaced, renames)
+            _carry_over(workdir / "rejects", rejects, plan.replaced, renames)
+        ctx = IngestContext(
+            options,
+            reject_sink=rejects.write,
+            all_sources={name: files for name, (_m, files) in groups.items()},
+        )
         for _name, (module, files) in groups.items():
             for batch in module.read(files, ctx):
                 messages.write(batch)
                 if progress:
                     progress(messages.rows)
-    summary = ctx.accounting.to_json()
+    manifest.update(plan)
+    manifest.save()
+    previous = {renames.get(k, k): v for k, v in previous.items()}
+    files_acc = {k: v for k, v in previous.items() if k not in plan.replaced and k not in ctx.accounting.files}
+    files_acc.update(ctx.accounting.to_json()["files"])
+    merged = Accounting()
+    for name, entry in files_acc.items():
+        f = merged.file(name, entry["format"])
+        f["lines"], f["parsed"] = entry["lines"], entry["parsed"]
+        f["skipped"].update(entry["skipped"])
+        f["rejected"].update(entry["rejected"])
+    summary = merged.to_json()
     summary["messages"] = messages.rows
+    summary["this_run"] = {
+        "files_read": [s.name for s in plan.to_read],
+        "files_skipped": plan.skipped,
+        "totals": ctx.accounting.totals(),
+    }
     summary["formats"] = {name: [s.name for s in files] for name, (_m, files) in groups.items()}
     write_json(workdir / "ingest.json", summary)
     return summary
+
+
+def _carry_over(directory: Path, writer: DatasetWriter, replaced: set[str], renames: dict[str, str]) -> None:
+    """Keep the earlier parts of a dataset, minus the rows of files being read again, and with
+    the rows of rotated files relabelled with their new name. Untouched parts are linked."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    touched = pa.array(sorted(replaced | set(renames)), pa.string())
+    for part in dataset_files(directory):
+        pf = pq.ParquetFile(part)
+        if pf.metadata.num_rows == 0:
+            continue
+        names = pq.read_table(part, columns=["source_file"]).column("source_file").cast(pa.string())
+        if not len(touched) or not pc.any(pc.is_in(names, value_set=touched)).as_py():
+            writer.carry(part)
+            continue
+        for batch in pf.iter_batches():
+            source = batch.column("source_file").cast(pa.string())
+            if replaced:
+                keep = pc.invert(pc.is_in(source, value_set=pa.array(sorted(replaced), pa.string())))
+                batch, source = batch.filter(keep), source.filter(keep)
+            for old, new in renames.items():
+                source = pc.if_else(pc.equal(source, old), pa.scalar(new), source)
+            idx = batch.schema.get_field_index("source_file")
+            writer.write(batch.set_column(idx, "source_file", pc.dictionary_encode(source)))

@@ -169,10 +169,16 @@ class IngestOptions:
 class IngestContext:
     """Handed to a format's `read`: options, and the sinks for accounting and rejects."""
 
-    def __init__(self, options: IngestOptions | None = None, reject_sink: Callable | None = None):
+    def __init__(
+        self, options: IngestOptions | None = None, reject_sink: Callable | None = None,
+        all_sources: dict[str, list[Source]] | None = None,
+    ):
         self.options = options or IngestOptions()
         self.accounting = Accounting()
         self._reject_sink = reject_sink or (lambda table: None)
+        # Every file of this ingest by format NAME, so a format can join another's files
+        # (Exchange tracking rows gain the certificate and reply of the SMTP send log).
+        self.all_sources: dict[str, list[Source]] = all_sources or {}
 
     # --- accounting -------------------------------------------------------------------------
     def lines_read(self, source: str, fmt: str, n: int) -> None:
