@@ -1,0 +1,323 @@
+"""What Exchange Server's own log files share: a `#`-header block (W3C style) naming the columns in
+a `#Fields:` line, then comma-separated rows with CSV quoting. Message tracking logs
+(`MSGTRK*.LOG`) and SMTP protocol logs (`SEND*.LOG`, `RECV*.LOG`) both look like this:
+
+    #Software: Microsoft Exchange Server
+    #Version: 15.0.0.0
+    #Log-type: SMTP Send Protocol Log
+    #Date: 2026-11-02T08:00:00.000Z
+    #Fields: date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,event,data,context
+    2026-11-02T08:15:02.114Z,Outbound to Office 365 - 6f1d...,08DE1A2B3C4D5E01,0,,52.101.194.18:25,+,,
+
+`iter_blocks` streams such a file in blocks of `chunk_bytes`: the block is cut at a line end that
+is also a record end (quotes balanced, so a quoted value may hold a newline), header lines are
+found with numpy on the raw bytes, and each run of data lines is parsed by pyarrow's CSV reader
+with every column as a string. Each parsed row keeps the number of its first physical line and
+how many physical lines it spans, so a format module can account for every line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ..errors import InputFormatError
+from ..normalize import parse_iso_utc
+from ..schema import TS
+from .base import IngestContext, Source, sniff_encoding
+
+NL, QUOTE, HASH, CR = 10, 34, 35, 13
+
+
+@dataclass
+class Block:
+    """Parsed data rows of one stretch of a file that shares one `#Fields:` line."""
+
+    table: pa.Table  # string columns, named as in #Fields (lower-case)
+    lines: np.ndarray  # first physical line (1-based) of each row
+    nlines: np.ndarray  # physical lines each row spans (1 unless a quoted value holds a newline)
+    headers: dict[str, str] = field(default_factory=dict)  # '#Log-type' -> 'SMTP Send Protocol Log'
+
+
+def header_lines(head: bytes) -> dict[str, str]:
+    """The `#Name: value` lines at the top of a file, keys lower-cased ('log-type', 'fields')."""
+    from .base import decode_head
+
+    out: dict[str, str] = {}
+    for line in decode_head(head).splitlines()[:20]:
+        line = line.lstrip("\ufeff")
+        if not line.startswith("#"):
+            break
+        name, _, value = line[1:].partition(":")
+        out[name.strip().lower()] = value.strip()
+    return out
+
+
+def split_fields(value: str) -> list[str]:
+    return [f.strip().lower() for f in value.split(",")]
+
+
+def _utf8_chunks(src: Source, chunk_bytes: int) -> Iterator[bytes]:
+    """The file as UTF-8 bytes in chunks: a UTF-8 BOM is dropped, UTF-16 is transcoded (rare for
+    these logs, but a file re-saved by an editor may be)."""
+    enc = sniff_encoding(src.head(4096))
+    with src.open() as fh:
+        if enc.startswith("utf-16"):
+            text = io.TextIOWrapper(fh, encoding=enc, errors="replace", newline="")
+            while chunk := text.read(max(chunk_bytes // 2, 1)):
+                yield chunk.lstrip("\ufeff").encode("utf-8")
+            return
+        first = True
+        while chunk := fh.read(chunk_bytes):
+            if first and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[3:]
+            first = False
+            yield chunk
+
+
+def _line_table(buf: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start offset, end offset (without CR/LF) and quote count of every line in `buf`."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    nl = np.flatnonzero(arr == NL)
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.concatenate([nl, [len(arr)]])
+    if len(arr) and arr[-1] == NL:  # no empty line after the final newline
+        starts, ends = starts[:-1], ends[:-1]
+    quotes = np.flatnonzero(arr == QUOTE)
+    qcount = np.bincount(np.searchsorted(starts, quotes, side="right") - 1, minlength=len(starts))
+    # drop the CR of CRLF line ends from the visible end
+    has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == CR)
+    return starts, ends - has_cr, qcount[: len(starts)]
+
+
+def _cut_at_record_end(buf: bytes) -> int:
+    """Offset just after the last newline that ends a record (quotes balanced up to it); 0 if none."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    nl = np.flatnonzero(arr == NL)
+    if not len(nl):
+        return 0
+    quotes = np.flatnonzero(arr == QUOTE)
+    before = np.searchsorted(quotes, nl)  # quotes before each newline
+    even = np.flatnonzero(before % 2 == 0)
+    return int(nl[even[-1]]) + 1 if len(even) else 0
+
+
+def iter_blocks(
+    src: Source,
+    ctx: IngestContext,
+    fmt: str,
+    default_fields: dict[int, list[str]],
+    expected: str,
+) -> Iterator[Block]:
+    """Stream `src` as Blocks. Header, comment and blank lines are accounted here (skipped);
+    rows with the wrong number of fields are rejected here; every other line is in a Block and
+    the caller accounts for it (parsed or skipped) using `Block.nlines`."""
+    state = {"fields": None, "headers": {}, "line": 1, "seen_data": False}
+    carry = b""
+    chunks = _utf8_chunks(src, ctx.options.chunk_bytes)
+    for chunk in chunks:
+        buf = carry + chunk
+        cut = _cut_at_record_end(buf)
+        if cut == 0 and len(buf) > 4 * ctx.options.chunk_bytes:
+            # An unbalanced stray quote must not make us hold the rest of the file: fall back to
+            # the last line end (the run parser then rejects what it cannot align).
+            cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            carry = buf
+            continue
+        carry = buf[cut:]
+        yield from _blocks_of(buf[:cut], src, ctx, fmt, default_fields, expected, state)
+    if carry:
+        yield from _blocks_of(carry, src, ctx, fmt, default_fields, expected, state)
+    if not state["seen_data"] and state["fields"] is None:
+        raise InputFormatError(f"{src.name}: no #Fields: line and no data; expected {expected}")
+
+
+def _blocks_of(
+    buf: bytes, src: Source, ctx: IngestContext, fmt: str,
+    default_fields: dict[int, list[str]], expected: str, state: dict,
+) -> Iterator[Block]:
+    starts, ends, qcount = _line_table(buf)
+    n = len(starts)
+    first_line = state["line"]
+    state["line"] += n
+    ctx.lines_read(src.name, fmt, n)
+    # A line begins a record when the quotes before it are balanced.
+    parity_before = np.concatenate([[0], np.cumsum(qcount)[:-1]]) % 2 if n else np.zeros(0, int)
+    rec_start = parity_before == 0
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    first_byte = np.where(ends > starts, arr[np.minimum(starts, len(arr) - 1)], 0)
+    blank = rec_start & (ends == starts)
+    header = rec_start & (first_byte == HASH)
+    ctx.skipped(src.name, fmt, "blank line", int(blank.sum()))
+    ctx.skipped(src.name, fmt, "header line (#Software, #Version, #Log-type, #Date, #Fields)",
+                int(header.sum()))
+    data_start = rec_start & ~blank & ~header
+    # Runs of data between header lines share one #Fields mapping.
+    cuts = np.flatnonzero(header)
+    bounds = np.concatenate([[-1], cuts, [n]])
+    for k in range(len(bounds) - 1):
+        lo, hi = bounds[k] + 1, bounds[k + 1]
+        if k > 0:
+            _apply_header(buf[starts[cuts[k - 1]] : ends[cuts[k - 1]]], state)
+        if hi <= lo:
+            continue
+        recs = np.flatnonzero(data_start[lo:hi]) + lo
+        if not len(recs):
+            continue
+        # physical lines per record: up to the next record start / blank / header in the run
+        nxt = np.concatenate([recs[1:], [hi]])
+        span = nxt - recs
+        # blank lines between records inside a run were counted as skipped already
+        trailing_blank = np.add.reduceat(blank[lo:hi].astype(np.int64), recs - lo) if len(recs) else 0
+        span = span - trailing_blank
+        data = buf[starts[recs[0]] : (starts[hi] if hi < n else len(buf))]
+        fields = state["fields"]
+        if fields is None:
+            fields = _guess_fields(buf[starts[recs[0]] : ends[recs[0]]], default_fields)
+            if fields is None:
+                raise InputFormatError(
+                    f"{src.name}: line {first_line + recs[0]}: data before any #Fields: line; "
+                    f"expected {expected}"
+                )
+        state["seen_data"] = True
+        # If a stray quote fooled the record finder, parse the run one line per record instead.
+        plain = np.flatnonzero(~blank[lo:hi]) + lo
+        fallback = (plain + first_line, np.ones(len(plain), dtype=np.int64))
+        yield from _parse_run(data, fields, recs + first_line, span, src, ctx, fmt, state,
+                              fallback)
+    if len(cuts) and cuts[-1] >= 0:
+        _apply_header(buf[starts[cuts[-1]] : ends[cuts[-1]]], state)
+
+
+def _apply_header(raw: bytes, state: dict) -> None:
+    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+    name, _, value = text[1:].partition(":")
+    key = name.strip().lower()
+    if key == "fields":
+        state["fields"] = split_fields(value)
+    else:
+        state["headers"] = {**state["headers"], key: value.strip()}
+
+
+def _guess_fields(first_row: bytes, default_fields: dict[int, list[str]]) -> list[str] | None:
+    """A file without its header (a copied excerpt): choose the layout by the field count."""
+    try:
+        row = next(csv.reader([first_row.decode("utf-8", errors="replace")]))
+    except (csv.Error, StopIteration):
+        return None
+    return default_fields.get(len(row))
+
+
+def _read_csv(
+    data: bytes, fields: list[str], threads: bool, on_invalid, newlines: bool = True
+) -> pa.Table:
+    return pacsv.read_csv(
+        pa.py_buffer(data),
+        read_options=pacsv.ReadOptions(
+            column_names=fields, use_threads=threads, block_size=16 << 20
+        ),
+        parse_options=pacsv.ParseOptions(
+            newlines_in_values=newlines, invalid_row_handler=on_invalid
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f: pa.string() for f in fields},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _parse_run(
+    data: bytes, fields: list[str], rec_lines: np.ndarray, span: np.ndarray,
+    src: Source, ctx: IngestContext, fmt: str, state: dict,
+    fallback: tuple[np.ndarray, np.ndarray],
+) -> Iterator[Block]:
+    invalid: list = []
+    newlines = True
+
+    def on_invalid(row) -> str:
+        invalid.append(row)
+        return "skip"
+
+    try:
+        table = _read_csv(data, fields, True, on_invalid)
+    except pa.ArrowInvalid:
+        # Not UTF-8 (protocol logs are sometimes written in the server's ANSI code page):
+        # replace undecodable bytes; line structure is unchanged.
+        data = data.decode("utf-8", errors="replace").encode("utf-8")
+        invalid.clear()
+        table = _read_csv(data, fields, True, on_invalid)
+    if table.num_rows + len(invalid) != len(rec_lines):
+        rec_lines, span = fallback
+        newlines = False
+        invalid.clear()
+        table = _read_csv(data, fields, True, on_invalid, newlines)
+    keep = np.ones(len(rec_lines), dtype=bool)
+    if invalid:
+        # Threaded parsing does not number invalid rows; parse again in one thread to get them.
+        invalid.clear()
+        table = _read_csv(data, fields, False, on_invalid, newlines)
+        idx = np.array([r.number - 1 for r in invalid], dtype=np.int64)
+        idx = idx[(idx >= 0) & (idx < len(rec_lines))]
+        keep[idx] = False
+        reasons = [
+            f"expected {len(fields)} comma-separated fields as in the #Fields line" for _ in idx
+        ]
+        ctx.reject_lines(fmt, src.name, rec_lines[idx].tolist(), reasons,
+                         [r.text for r in invalid][: len(idx)])
+        extra = int(span[idx].sum()) - len(idx)
+        ctx.skipped(src.name, fmt, "continuation line of a rejected row", extra)
+    lines, nlines = rec_lines[keep], span[keep]
+    if len(lines) != table.num_rows:
+        # Defensive: never mis-attribute lines. Should not happen (counted the same way).
+        raise InputFormatError(
+            f"{src.name}: could not align CSV rows with lines near line {int(rec_lines[0])}"
+        )
+    yield Block(table, lines, nlines, dict(state["headers"]))
+
+
+# --- vectorized helpers shared by the Exchange readers ---------------------------------------
+
+
+def null_if_empty(arr: pa.Array) -> pa.Array:
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    return pc.if_else(pc.equal(pc.utf8_length(arr), 0), pa.scalar(None, pa.string()), arr)
+
+
+def parse_utc(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Exchange's `2026-11-02T08:15:02.114Z`: Arrow's ISO cast directly (fast path), else the
+    careful parser that flags bad values."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    try:
+        ts = pc.cast(arr, TS)
+        return ts, pc.fill_null(pc.is_null(ts), False) if ts.null_count else pa.array(
+            np.zeros(len(arr), dtype=bool))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return parse_iso_utc(arr)
+
+
+def glob_regex(globs: tuple[str, ...]) -> str:
+    """relay.targets globs (`*.mail.protection.outlook.com`) as one case-insensitive regex."""
+    parts = [
+        re.escape(g.strip().rstrip(".")).replace(r"\*", ".*").replace(r"\?", ".")
+        for g in globs if g.strip()
+    ]
+    # RE2 (Arrow's regex engine) has no lookahead: a never-matching class stands for "none".
+    return "(?i)^(?:" + "|".join(parts) + r")\.?$" if parts else r"[^\x00-\x{10FFFF}]"
+
+
+def stand_in_target(globs: tuple[str, ...]) -> str:
+    """A host name that matches the configured relay targets, for a hop the log names only by
+    its send connector ('Outbound to Office 365 - <guid>' without a server-hostname)."""
+    first = next((g for g in globs if g.strip()), "*.mail.protection.outlook.com")
+    return re.sub(r"[*?]", "office365-connector", first).replace("[", "").replace("]", "")

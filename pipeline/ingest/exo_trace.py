@@ -1,0 +1,549 @@
+"""Exchange Online message trace, as admins export it.
+
+    "Received","SenderAddress","RecipientAddress","Subject","Status","ToIP","FromIP","Size","MessageId","MessageTraceId"
+    "11/13/2026 9:02:11 AM","bounces+4123-ab12=fabrikam.com@em123.sendgrid.net","jane@fabrikam.com","Newsletter","Delivered","","203.0.113.90","18211","<n1@contoso.com>","5b0c..."
+
+Read by header name (any order, any subset):
+- `Get-MessageTrace(V2) | Export-Csv`: with or without the `#TYPE` line and the PowerShell
+  remoting columns (PSComputerName, RunspaceId, PSShowComputerName); `Received` in the exporting
+  machine's culture (`11/13/2026 9:02:11 AM`, `13.11.2026 09:02:11`) or ISO; UTC (Microsoft Learn,
+  Get-MessageTrace: "The time stamps on the output are in UTC time format").
+- `Get-MessageTraceDetail(V2) | Export-Csv`: one row per event (Date, Event, Detail, Data).
+- EAC / Start-HistoricalSearch reports: enhanced summary (`origin_timestamp_utc`,
+  `recipient_status` as `addr##Receive, Send;addr2##...`) and extended (`date_time_utc`,
+  `event_id`, `return_path`, `sender_address`, `connector_id`, `original_client_ip`), UTF-16LE
+  with or without BOM.
+- The Reporting Web Service / Graph JSON, one object per line.
+
+Senders (log-formats.md §1.4): `return_path` is P1 (`<>` null sender) and the report's
+`sender_address` is P2. The cmdlets' single `SenderAddress` is taken as P1 and P2 stays unknown
+(never guessed); a generator address there (`MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@`,
+`postmaster@`, `MAILER-DAEMON@`) stands for an NDR whose P1 is really `<>`: P1 is unknown.
+
+A message came in through an inbound connector when the report names one (`connector_id`) or its
+client IP (`original_client_ip`, else `FromIP`) is in a configured connector range; such rows get
+`relay_ip` and `connector`. One row per recipient (and event) becomes one message row; rows
+repeated by overlapping exports are counted once (message id + trace / network message id +
+recipient + event + time).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+
+from ..errors import InputFormatError
+from ..normalize import extract, parse_iso_utc
+from ..schema import TS
+from .base import IngestContext, Source, decode_head, make_messages, sniff_encoding
+
+NAME = "exo-trace"
+DESCRIPTION = (
+    "Exchange Online message trace: Get-MessageTrace(V2)/-Detail Export-Csv, EAC enhanced "
+    "summary or extended report (CSV header with Received/date_time_utc and sender/recipient "
+    "columns; UTF-8 or UTF-16), or trace JSON lines"
+)
+
+# Our column -> header names that hold it, in order of preference (lower-case).
+COLUMNS: dict[str, list[str]] = {
+    "ts": ["date_time_utc", "origin_timestamp_utc", "origin_timestamp", "received", "date",
+           "receiveddatetime", "datetime"],
+    "message_id": ["message_id", "messageid"],
+    "trace_id": ["network_message_id", "messagetraceid", "networkmessageid"],
+    "sender_cmdlet": ["senderaddress"],  # Get-MessageTrace(V2): P1 (see module docstring)
+    "sender_report": ["sender_address"],  # EAC reports: Sender:/From: header, P2
+    "return_path": ["return_path", "returnpath"],
+    "recipient": ["recipient_address", "recipientaddress"],
+    "recipient_status": ["recipient_status"],
+    "subject": ["message_subject", "subject"],
+    "event": ["event_id", "event"],
+    "status": ["status"],
+    "detail": ["detail"],
+    "data": ["data"],
+    "size": ["total_bytes", "size"],
+    "original_ip": ["original_client_ip"],
+    "from_ip": ["fromip"],
+    "client_ip": ["client_ip"],
+    "connector": ["connector_id"],
+}
+_TS_NAMES = set(COLUMNS["ts"])
+_SENDER_NAMES = {"senderaddress", "sender_address", "return_path", "returnpath"}
+_RECIPIENT_NAMES = {"recipientaddress", "recipient_address", "recipient_status"}
+_GENERATOR_RE = r"(?i)^(microsoftexchange329e71ec88ae4615bbc36ab6ce41109e|postmaster|mailer-daemon)@"
+_DATE_HINT = "pass --dayfirst (day before month) or --date-format (e.g. '%d.%m.%Y %H:%M:%S')"
+
+
+# --- detection ---------------------------------------------------------------------------------
+
+
+def _first_lines(head: bytes) -> list[str]:
+    text = decode_head(head).lstrip("\ufeff")
+    return [ln for ln in text.splitlines()[:3]]
+
+
+def _header_of(lines: list[str]) -> tuple[list[str], int]:
+    """Column names (lower-case) and how many lines precede the header (#TYPE line)."""
+    skip = 1 if lines and lines[0].startswith("#TYPE") else 0
+    if len(lines) <= skip:
+        return [], skip
+    try:
+        cols = next(csv.reader(io.StringIO(lines[skip])))
+    except (csv.Error, StopIteration):
+        return [], skip
+    return [c.strip().lower() for c in cols], skip
+
+
+def detect(head: bytes) -> bool:
+    lines = _first_lines(head)
+    if lines and lines[0].lstrip().startswith("{"):
+        first = lines[0]
+        return '"RecipientAddress"' in first and ('"SenderAddress"' in first or
+                                                  '"MessageTraceId"' in first)
+    cols, _ = _header_of(lines)
+    names = set(cols)
+    return bool(names & _TS_NAMES) and bool(names & _SENDER_NAMES) and bool(
+        names & _RECIPIENT_NAMES
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
+    parts = [t for src in sources for t in _read_file(src, ctx)]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return
+    rows = pa.concat_tables(parts, promote_options="permissive")
+    messages = _collapse(rows, ctx)
+    for i in range(0, messages.num_rows, 100_000):
+        yield _batch(messages.slice(i, 100_000))
+
+
+def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
+    head = src.head()
+    lines = _first_lines(head)
+    if lines and lines[0].lstrip().startswith("{"):
+        yield from _read_json(src, ctx)
+        return
+    cols, skip = _header_of(lines)
+    if not detect(head):
+        raise InputFormatError(
+            f"{src.name}: not an Exchange Online message trace export; expected a CSV header with "
+            "Received (or date_time_utc), SenderAddress/sender_address/return_path and "
+            "RecipientAddress/recipient_status"
+        )
+    enc = sniff_encoding(head)
+    pos = {name: i for i, name in reversed(list(enumerate(cols)))}
+    # Duplicate or empty header names would break the reader: name columns by position.
+    names = [f"c{i}" for i in range(len(cols))]
+    invalid: list = []
+
+    def on_invalid(row) -> str:
+        invalid.append(row)
+        return "skip"
+
+    reader = pacsv.open_csv(
+        src.open(),
+        read_options=pacsv.ReadOptions(
+            use_threads=False, encoding=enc.replace("-sig", ""), block_size=8 << 20,
+            skip_rows=skip + 1, column_names=names,
+        ),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False, quoted_strings_can_be_null=False,
+        ),
+    )
+    ctx.lines_read(src.name, NAME, skip + 1)
+    ctx.skipped(src.name, NAME, "header line (#TYPE and column names)", skip + 1)
+    numbering = _Numbering(first_line=skip + 2)
+    tables: list[pa.Table] = []
+    for batch in reader:
+        t = pa.Table.from_batches([batch])
+        nl = _newlines_per_row(t)
+        line, bad_lines, bad_raw = numbering.assign(nl, invalid)
+        invalid.clear()
+        _reject_invalid(src, ctx, bad_lines, bad_raw)
+        ctx.lines_read(src.name, NAME, int(t.num_rows + nl.sum()))
+        tables.append(_canonical(t, pos, line, nl, src))
+    if invalid:
+        bad_lines, bad_raw = numbering.rest(invalid)
+        _reject_invalid(src, ctx, bad_lines, bad_raw)
+    if tables:
+        yield _dates(pa.concat_tables(tables), src, ctx)
+
+
+def _newlines_per_row(t: pa.Table) -> np.ndarray:
+    """Extra physical lines of each row (quoted values with newlines: EAC subjects)."""
+    nl = np.zeros(t.num_rows, dtype=np.int64)
+    for col in t.columns:
+        nl += pc.fill_null(pc.count_substring(col, "\n"), 0).to_numpy(zero_copy_only=False)
+    return nl
+
+
+class _Numbering:
+    """Physical line numbers for CSV records: pyarrow numbers invalid rows by record, valid
+    rows come in order between them, and quoted newlines make a record span lines."""
+
+    def __init__(self, first_line: int):
+        self.record = 1  # next record number (pyarrow counts the header as record 1... below)
+        self.line = first_line
+
+    def assign(self, nl: np.ndarray, invalid: list) -> tuple[np.ndarray, list[int], list[str]]:
+        k = len(nl)
+        bad = sorted(((r.number or 0), r.text) for r in invalid)
+        # records of this batch: k valid + the invalid ones reported while reading it
+        total = k + len(bad)
+        recs = np.arange(self.record, self.record + total)
+        bad_set = {n - 1 for n, _ in bad}  # pyarrow counts the skipped header row as record 1
+        is_bad = np.isin(recs, list(bad_set)) if bad_set else np.zeros(total, dtype=bool)
+        if is_bad.sum() != len(bad):
+            # numbering disagreed (should not happen): attribute bad rows after the valid ones
+            is_bad = np.zeros(total, dtype=bool)
+            is_bad[k:] = True
+        extra = np.zeros(total, dtype=np.int64)
+        extra[~is_bad] = nl
+        extra[is_bad] = [t.count("\n") for _, t in bad]
+        starts = self.line + np.concatenate([[0], np.cumsum(1 + extra)[:-1]])
+        self.line += int((1 + extra).sum())
+        self.record += total
+        return starts[~is_bad], starts[is_bad].tolist(), [t for _, t in bad]
+
+    def rest(self, invalid: list) -> tuple[list[int], list[str]]:
+        _, lines, raws = self.assign(np.zeros(0, dtype=np.int64), invalid)
+        return lines, raws
+
+
+def _reject_invalid(src: Source, ctx: IngestContext, lines: list[int], raws: list[str]) -> None:
+    if not lines:
+        return
+    ctx.lines_read(src.name, NAME, sum(1 + r.count("\n") for r in raws))
+    ctx.skipped(src.name, NAME, "continuation line of a rejected row",
+                sum(r.count("\n") for r in raws))
+    ctx.reject_lines(NAME, src.name, lines, "the row does not have as many fields as the header",
+                     raws)
+
+
+def _pick(t: pa.Table, pos: dict[str, int], key: str) -> pa.Array | None:
+    for name in COLUMNS[key]:
+        if name in pos and pos[name] < t.num_columns:
+            col = t.column(pos[name]).combine_chunks()
+            return pc.if_else(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0),
+                              pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(col))
+    return None
+
+
+def _canonical(t: pa.Table, pos: dict[str, int], line: np.ndarray, nl: np.ndarray,
+               src: Source) -> pa.Table:
+    n = t.num_rows
+    out = {}
+    for key in COLUMNS:
+        col = _pick(t, pos, key)
+        out[key] = col if col is not None else pa.nulls(n, pa.string())
+    out["line"] = pa.array(line, pa.int64())
+    out["nlines"] = pa.array(1 + nl, pa.int64())
+    out["file"] = pa.array([src.name] * n, pa.string())
+    out["host"] = pa.array([src.host] * n, pa.string())
+    # How rich the file is: reports with return_path beat cmdlet summaries for the same message.
+    rich = 2 if "return_path" in pos else (1 if "sender_address" in pos else 0)
+    out["rich"] = pa.array([rich] * n, pa.int8())
+    return pa.table(out)
+
+
+def _read_json(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
+    """Reporting Web Service / Graph records, one JSON object per line (ConvertTo-Json
+    -Compress per record). Field names are the cmdlet's (Received, SenderAddress, ...)."""
+    with src.open() as fh:
+        raw = fh.read()
+    text = raw.decode(sniff_encoding(raw[:4096]).replace("utf-8", "utf-8-sig"), errors="replace")
+    # Records glued together without a newline (seen in copied samples) are split apart.
+    text = re.sub(r"\}\s*\{", "}\n{", text)
+    lines = [ln for ln in text.split("\n")]
+    keep = [i for i, ln in enumerate(lines) if ln.strip()]
+    ctx.lines_read(src.name, NAME, len(keep))
+    try:
+        t = pajson.read_json(io.BytesIO("\n".join(lines[i] for i in keep).encode()),
+                             read_options=pajson.ReadOptions(use_threads=False))
+    except pa.ArrowInvalid as exc:
+        raise InputFormatError(
+            f"{src.name}: not message trace JSON lines ({exc}); expected one JSON object per line "
+            "with Received, SenderAddress and RecipientAddress"
+        ) from exc
+    pos = {name.lower(): i for i, name in enumerate(t.column_names)}
+    t = pa.table([c.cast(pa.string()) if not pa.types.is_string(c.type) else c
+                  for c in t.columns], names=t.column_names)
+    line = np.array(keep, dtype=np.int64) + 1
+    yield _dates(_canonical(t, pos, line, np.zeros(len(keep), dtype=np.int64), src), src, ctx)
+
+
+# --- dates -------------------------------------------------------------------------------------
+
+_CULTURE_RE = (
+    r"^(?P<a>\d{1,2})[./-](?P<b>\d{1,2})[./-](?P<y>\d{4}),?[ T]+(?P<H>\d{1,2}):(?P<M>\d{2})"
+    r"(?::(?P<S>\d{2}))?(?:[.,]\d+)?\s*(?P<ampm>[AaPp]\.?\s?[Mm]\.?)?$"
+)
+_YMD_RE = (
+    r"^(?P<y>\d{4})/(?P<a>\d{1,2})/(?P<b>\d{1,2})[ T]+(?P<H>\d{1,2}):(?P<M>\d{2})"
+    r"(?::(?P<S>\d{2}))?\s*(?P<ampm>[AaPp]\.?\s?[Mm]\.?)?$"
+)
+
+
+def _dates(t: pa.Table, src: Source, ctx: IngestContext) -> pa.Table:
+    """Parse the file's timestamps (decided once per file), reject rows whose time is
+    unreadable, account the rest as parsed."""
+    raw = t.column("ts").combine_chunks()
+    ts, bad, why = parse_dates(raw, ctx.options.dayfirst, ctx.options.date_format, src.name)
+    bad_np = bad.to_numpy(zero_copy_only=False)
+    if bad_np.any():
+        idx = np.flatnonzero(bad_np)
+        ctx.reject_lines(NAME, src.name, t.column("line").take(idx).to_pylist(), why,
+                         pc.fill_null(raw.take(idx), "").to_pylist())
+        extra = int(pc.sum(t.column("nlines").take(idx)).as_py()) - len(idx)
+        ctx.skipped(src.name, NAME, "continuation line of a rejected row", extra)
+        t = t.filter(pa.array(~bad_np))
+        ts = ts.filter(pa.array(~bad_np))
+    ctx.parsed(src.name, NAME, int(pc.sum(t.column("nlines")).as_py() or 0))
+    return t.set_column(t.column_names.index("ts"), "ts", ts)
+
+
+def parse_dates(
+    raw: pa.Array, dayfirst: bool | None, date_format: str | None, name: str
+) -> tuple[pa.Array, pa.Array, str]:
+    """Timestamps as exported -> UTC. ISO 8601 as is; culture dates (`11/13/2026 9:02:11 AM`,
+    `13.11.2026 09:02:11`) by a rule decided for the whole file: `date_format`, else `dayfirst`,
+    else the file's own evidence (a first number above 12 means day first, a second number above
+    12 means month first). A file whose dates fit both ways is an error, not a guess."""
+    s = pc.utf8_trim_whitespace(raw)
+    if date_format:
+        ts = pc.strptime(s, format=date_format, unit="us", error_is_null=True)
+        ts = pc.cast(pc.cast(ts, pa.timestamp("us")), TS)
+        bad = pc.fill_null(pc.and_(pc.is_valid(s), pc.is_null(ts)), True)
+        return ts, bad, f"date is not in the --date-format {date_format!r}"
+    iso_like = pc.fill_null(pc.match_substring_regex(s, r"^\d{4}-\d{2}-\d{2}"), False)
+    iso_ts, iso_bad = parse_iso_utc(pc.if_else(iso_like, s, pa.scalar(None, pa.string())))
+    cult = pc.extract_regex(pc.if_else(iso_like, pa.scalar(None, pa.string()), s), _CULTURE_RE)
+    ymd = pc.extract_regex(pc.if_else(iso_like, pa.scalar(None, pa.string()), s), _YMD_RE)
+    is_cult = pc.is_valid(cult)
+    is_ymd = pc.and_(pc.invert(is_cult), pc.is_valid(ymd))
+
+    def field(f: str) -> pa.Array:
+        a = pc.if_else(is_cult, cult.field(f), ymd.field(f))
+        return pc.if_else(pc.or_(is_cult, is_ymd), a, pa.scalar(None, pa.string()))
+
+    a = field("a").cast(pa.int64())
+    b = field("b").cast(pa.int64())
+    if pc.any(is_cult).as_py():
+        a_c = a.filter(is_cult)
+        b_c = b.filter(is_cult)
+        a_day = pc.any(pc.greater(a_c, 12)).as_py()
+        b_day = pc.any(pc.greater(b_c, 12)).as_py()
+        if dayfirst is None:
+            if a_day and b_day:
+                raise InputFormatError(
+                    f"{name}: the dates mix day-first and month-first forms; {_DATE_HINT}"
+                )
+            if a_day or b_day:
+                dayfirst = bool(a_day)
+            elif pc.any(pc.not_equal(a_c, b_c)).as_py():
+                raise InputFormatError(
+                    f"{name}: dates like {_example(s, is_cult, a, b)} are ambiguous "
+                    f"(day/month or month/day) and no date in the file settles it; {_DATE_HINT}"
+                )
+            else:
+                dayfirst = True  # every date has day == month: both readings agree
+    day = pc.if_else(is_cult, b if not dayfirst else a, b)
+    month = pc.if_else(is_cult, a if not dayfirst else b, a)
+    hour = field("H").cast(pa.int64())
+    ampm = pc.utf8_lower(pc.utf8_slice_codeunits(pc.fill_null(field("ampm"), ""), 0, 1))
+    # 12-hour clock: 12 AM is 00, 12 PM is 12, 1 PM is 13.
+    base = pc.if_else(pc.equal(hour, 12), 0, hour)
+    hour = pc.if_else(pc.equal(ampm, "p"), pc.add(base, 12),
+                      pc.if_else(pc.equal(ampm, "a"), base, hour))
+    iso = pc.binary_join_element_wise(
+        field("y"), "-", _pad(month), "-", _pad(day), "T", _pad(hour), ":", field("M"), ":",
+        pc.fill_null(field("S"), "00"), "Z", "",
+    )
+    cult_ts, cult_bad = parse_iso_utc(iso)
+    ts = pc.if_else(iso_like, iso_ts, cult_ts)
+    nonempty = pc.fill_null(pc.greater(pc.utf8_length(s), 0), False)
+    bad = pc.or_(
+        pc.and_(nonempty, pc.is_null(ts)),
+        pc.invert(nonempty),
+    )
+    bad = pc.or_(bad, pc.fill_null(pc.or_(iso_bad, cult_bad), False))
+    return ts, pc.fill_null(bad, True), "time is not a date the export could have written"
+
+
+def _pad(a: pa.Array) -> pa.Array:
+    return pc.utf8_lpad(a.cast(pa.string()), 2, "0")
+
+
+def _example(s: pa.Array, is_cult: pa.Array, a: pa.Array, b: pa.Array) -> str:
+    cand = pc.filter(s, pc.and_(is_cult, pc.not_equal(a, b)))
+    return repr(cand[0].as_py()) if len(cand) else "these"
+
+
+# --- one message per trace -------------------------------------------------------------------
+
+
+def _recipient_rows(t: pa.Table) -> pa.Table:
+    """One row per recipient: split `recipient_address` (`;` in reports) or, without it,
+    `recipient_status` (`addr##Receive, Send;addr2##...`)."""
+    rc = t.column("recipient").combine_chunks()
+    rs = t.column("recipient_status").combine_chunks()
+    from_status = pc.and_(pc.is_null(rc), pc.is_valid(rs))
+    src = pc.if_else(from_status, rs, rc)
+    lists = pc.split_pattern(pc.fill_null(src, ""), ";")
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists)
+    addr = pc.utf8_trim_whitespace(
+        pc.coalesce(extract(flat, r"^(?P<a>[^#]*)##"), flat)
+    )
+    st = extract(flat, r"##(?P<s>.*)$")
+    out = t.take(parents)
+    out = out.set_column(out.column_names.index("recipient"), "recipient",
+                         pc.if_else(pc.equal(pc.utf8_length(addr), 0),
+                                    pa.scalar(None, pa.string()), addr))
+    return out.append_column("rcpt_status", st)
+
+
+def _collapse(rows: pa.Table, ctx: IngestContext) -> pa.Table:
+    rows = _recipient_rows(rows)
+
+    def col(name: str) -> pa.Array:
+        return rows.column(name).combine_chunks()
+
+    n = rows.num_rows
+    mid = col("message_id")
+    tid = col("trace_id")
+    mid_n = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(mid, ""), r"^<|>$", ""))
+    tid_n = pc.utf8_lower(pc.fill_null(tid, ""))
+    # Rows with neither id stay separate messages.
+    lonely = pc.and_(pc.equal(mid_n, ""), pc.equal(tid_n, ""))
+    uniq = pc.binary_join_element_wise(pa.array(np.arange(n).astype(str)), pa.scalar("#"), "")
+    key = pc.if_else(lonely, uniq, pc.binary_join_element_wise(mid_n, tid_n, "|"))
+    rows = rows.append_column("key", key)
+    # De-duplicate rows repeated by overlapping exports (richest file first).
+    rows = rows.append_column("order", pa.array(np.arange(n)))
+    rows = rows.sort_by([("rich", "descending"), ("order", "ascending")])
+    dedup_key = pc.binary_join_element_wise(
+        col("key"), pc.utf8_lower(pc.fill_null(col("recipient"), "")),
+        pc.fill_null(col("event"), ""),
+        pc.fill_null(col("ts").cast(pa.int64()).cast(pa.string()), ""), "|",
+    )
+    rows = rows.append_column("dedup", dedup_key).append_column(
+        "pos", pa.array(np.arange(rows.num_rows)))
+    first = rows.group_by("dedup", use_threads=False).aggregate([("pos", "min")])
+    rows = rows.take(np.sort(first.column("pos_min").to_numpy()))
+    # Per-event facts that only count on some events.
+    event = pc.utf8_upper(pc.fill_null(col("event"), ""))
+    has_events = pc.any(pc.greater(pc.utf8_length(event), 0)).as_py()
+    receive = pc.or_(pc.equal(event, "RECEIVE"), pc.equal(event, "")) if has_events else None
+    conn = col("connector")
+    if receive is not None:
+        conn = pc.if_else(receive, conn, pa.scalar(None, pa.string()))
+    conn_data = extract(pc.fill_null(col("data"), ""),
+                        r'(?i)Name="(?:InboundConnectorData|Connector(?:Id|Name)?)"\s+String="'
+                        r'(?:Name=)?(?P<c>[^";]+)')
+    rows = rows.append_column("conn", pc.coalesce(conn, conn_data))
+    detail = pc.fill_null(col("detail"), "")
+    reply = pc.coalesce(
+        # Get-MessageTraceDetail: 'Reason: [{LED=550 5.7.64 TenantAttribution; ...};{MSG=};...]'
+        extract(detail, r"LED=(?P<r>[245]\d\d[^}]*)"),
+        extract(detail, r"(?P<r>[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}.*)$"),
+        extract(pc.fill_null(col("rcpt_status"), ""), r"(?P<r>[245]\d\d .*)$"),
+    )
+    rows = rows.append_column("reply", reply)
+    status = pc.coalesce(col("status"), col("event"))
+    rows = rows.append_column("st", status)
+    ip = pc.coalesce(col("original_ip"), col("from_ip"), col("client_ip"))
+    rows = rows.append_column("ip", ip)
+    rows = rows.sort_by([("key", "ascending"), ("rich", "descending"), ("ts", "ascending"),
+                         ("order", "ascending")])
+    g = rows.group_by("key", use_threads=False).aggregate([
+        ("ts", "min"), ("message_id", "first"), ("trace_id", "first"),
+        ("return_path", "first"), ("sender_cmdlet", "first"), ("sender_report", "first"),
+        ("recipient", "distinct"), ("subject", "first"), ("st", "last"), ("reply", "last"),
+        ("size", "max"), ("ip", "first"), ("conn", "first"), ("file", "first"),
+        ("line", "min"), ("host", "first"), ("rich", "max"),
+    ])
+    g = g.sort_by([("file_first", "ascending"), ("line_min", "ascending")])
+    return _message_columns(g, ctx)
+
+
+def ipv4_to_int(ip: pa.Array) -> pa.Array:
+    """'203.0.113.10' -> 3405803786 (int64); null when not a dotted IPv4 address."""
+    ok = pc.fill_null(pc.match_substring_regex(ip, r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$"), False)
+    parts = pc.split_pattern(pc.if_else(ok, ip, "0.0.0.0"), ".")
+    total = pa.array(np.zeros(len(ip), dtype=np.int64))
+    in_range = ok
+    for i in range(4):
+        octet = pc.list_element(parts, i).cast(pa.int64())
+        in_range = pc.and_(in_range, pc.less_equal(octet, 255))
+        total = pc.add(pc.multiply(total, 256), octet)
+    return pc.if_else(in_range, total, pa.scalar(None, pa.int64()))
+
+
+def _in_ranges(ip: pa.Array, ranges: tuple) -> pa.Array:
+    n = ipv4_to_int(ip)
+    hit = pa.array(np.zeros(len(ip), dtype=bool))
+    for lo, hi in ranges:
+        hit = pc.or_(hit, pc.and_(pc.greater_equal(n, int(lo)), pc.less_equal(n, int(hi))))
+    return pc.fill_null(hit, False)
+
+
+def _message_columns(g: pa.Table, ctx: IngestContext) -> pa.Table:
+    n = g.num_rows
+    rp = g.column("return_path_first").combine_chunks()
+    cmdlet = g.column("sender_cmdlet_first").combine_chunks()
+    generator = pc.fill_null(pc.match_substring_regex(cmdlet, _GENERATOR_RE), False)
+    p1 = pc.coalesce(rp, pc.if_else(generator, pa.scalar(None, pa.string()), cmdlet))
+    p2 = g.column("sender_report_first").combine_chunks()
+    ip = g.column("ip_first").combine_chunks()
+    conn = g.column("conn_first").combine_chunks()
+    relayed = pc.or_(pc.is_valid(conn), _in_ranges(ip, ctx.options.connector_ranges))
+    null_rp = pc.fill_null(pc.match_substring_regex(rp, r"^\s*<\s*>\s*$"), False)
+    is_ndr = pc.or_(null_rp, pc.and_(pc.is_null(rp), generator))
+    size = g.column("size_max").combine_chunks()
+    size = pc.if_else(pc.fill_null(pc.match_substring_regex(size, r"^\d+$"), False), size,
+                      pa.scalar(None, pa.string())).cast(pa.int64())
+    host = g.column("host_first").combine_chunks()
+    if ctx.options.host:
+        host = pc.fill_null(host, ctx.options.host)
+    recipients = g.column("recipient_distinct").combine_chunks()
+    return pa.table({
+        "ts": g.column("ts_min"),
+        "source_format": pa.array([NAME] * n),
+        "source_file": g.column("file_first"),
+        "source_line": g.column("line_min"),
+        "host": host,
+        "message_id": g.column("message_id_first"),
+        "queue_id": g.column("trace_id_first"),
+        "p1_sender": p1,
+        "p2_sender": p2,
+        "client_ip": ip,
+        "relay_ip": pc.if_else(relayed, ip, pa.scalar(None, pa.string())),
+        "connector": conn,
+        "recipients": recipients,
+        "status": g.column("st_last"),
+        "response": g.column("reply_last"),
+        "is_ndr": is_ndr,
+        "size": size,
+        "subject": g.column("subject_first"),
+        "logged_by_exo": pa.array([True] * n),
+        "incomplete": pa.array([False] * n),
+    })
+
+
+def _batch(t: pa.Table) -> pa.RecordBatch:
+    cols = {c: t.column(c).combine_chunks() for c in t.column_names}
+    return make_messages(cols, t.num_rows)

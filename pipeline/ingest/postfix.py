@@ -1,0 +1,749 @@
+"""Postfix syslog (`/var/log/maillog`, `/var/log/mail.log`, `journalctl -u postfix -o short-iso`).
+
+    Nov  2 08:15:01 relay01 postfix/qmgr[1021]: 4Tq1xY2QZtz9s: from=<noreply@erp.corp.local>, size=2214, nrcpt=1 (queue active)
+
+One row per message as relay01 handled it, correlated by queue id from:
+
+- smtpd `client=host[ip]` (client_ip) and pickup `uid=N from=<p1>` (local submission),
+- cleanup `message-id=<...>` and the `info: header From: ...` / `Sender:` / `Subject:` lines that
+  `header_checks` INFO or WARN write: the only place P2 appears in a Postfix log,
+- qmgr `from=<p1>, size=N, nrcpt=N` (P1, size) and `from=<p1>, status=expired, returned to sender`,
+- smtp / lmtp / local / virtual / pipe / error `to=<r>, [orig_to=<o>,] relay=host[ip]:port, ...,
+  dsn=x.y.z, status=sent|deferred|bounced|expired|... (reply)` (recipients, relay_host, status,
+  response: Exchange Online's `550 5.7.64 TenantAttribution` lands there),
+- bounce `<QUEUEID>: sender non-delivery notification: <NDR QUEUEID>`: the NDR Postfix generated is
+  its own message (qmgr `from=<>`), marked is_ndr,
+- `removed` ends a message. Queue ids are reused, so a `removed` (or a new `client=` / pickup for
+  the same id) starts a new message. Messages never seen to end are emitted with incomplete=true.
+- `NOQUEUE: reject: RCPT from ...; from=<p1> to=<r>` (and milter-reject, discard) become rows with
+  status `rejected` (or `discarded`) and the reject text as response: rejected at this host.
+
+Everything else Postfix writes (connect/disconnect, TLS handshakes, warnings, anvil and scache
+statistics, postscreen...) and lines of other programs in the same file (dovecot, amavis,
+opendkim) are counted as skips with a reason; only lines without a readable syslog prefix, or
+Postfix records too broken to read, are rejects.
+
+Speed: lines are classified with fixed-offset and prefix kernels; each regex runs only on the
+lines of its record kind; correlation is a sort and group-by over the events of a block plus the
+messages still open (state carried across blocks and files, so memory is bounded by messages in
+flight). Blocks are parsed on a thread pool (Arrow kernels release the GIL); correlation stays
+in order on the main thread. Rotated files are read in time order, whatever order they are given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..normalize import extract
+from ..schema import TS
+from .base import IngestContext, Source, decode_head, make_messages
+from .syslog import (
+    element,
+    file_clock,
+    iter_line_blocks,
+    last_element,
+    order_by_time,
+    parse_prefix,
+)
+
+NAME = "postfix"
+DESCRIPTION = (
+    "Postfix syslog (RFC 3164, ISO 8601/RFC 5424, journald short-iso): lines tagged "
+    "postfix/<daemon>[pid] (also postfix-out/smtp, postfix/submission/smtpd)"
+)
+
+# A syslog tag of Postfix: syslog_name (postfix, postfix-out, postfix-239.58.50.50, with extra
+# parts like postfix/submission) then '/' and the daemon.
+_DETECT = re.compile(r"\spostfix(?:-[^\s/\[:]+)?(?:/[^\s\[:]+)+\[\d+\]: ", re.M)
+
+# Queue ids: short (hex, 5+ chars) or long (enable_long_queue_ids: base-52 time, 'z', inode).
+_QUEUE_ID = r"^(?:[0-9A-F]{5,}|[0-9A-Za-z]{10,}z[0-9A-Za-z]+)$"
+
+# Event kinds, in the words of the daemons that log them.
+CLIENT, PICKUP, MSGID, HEADER, QMGR_FROM, DELIVERY, REJECT, BOUNCE, REMOVED, EXPIRED = range(1, 11)
+
+# Skip reasons (documented in docs/formats/postfix-sendmail.md).
+SKIP_OTHER_PROGRAM = "not a Postfix line (other program in the mail log: dovecot, amavis, ...)"
+SKIP_CONNECTION = "smtpd/smtp connection event (connect, disconnect, lost connection, timeout)"
+SKIP_TLS = "TLS handshake line (no message field; the client certificate is not logged here)"
+SKIP_WARNING = "Postfix warning/fatal/panic/error message"
+SKIP_STATS = "daemon statistics (anvil, scache, ...)"
+SKIP_SCREEN = "postscreen/dnsblog/tlsproxy connection screening"
+SKIP_DAEMON = "other Postfix daemon message without a queue id"
+SKIP_QID_UNUSED = "queue-id line with no field relay-impact uses"
+SKIP_HEADER_UNUSED = "header_checks line for a header other than From:/Sender:/Subject:"
+SKIP_NOQUEUE_INFO = "NOQUEUE line that does not end a message (filter, warn, reject_warning, ...)"
+SKIP_NOT_MESSAGE = "reject before any message (CONNECT or VRFY/EXPN probe)"
+SKIP_BLANK = "blank line"
+
+REJECT_DELIVERY = "Postfix delivery line (to=) without a readable relay=/status="
+REJECT_QMGR = "Postfix qmgr from= line that cannot be read"
+
+# A message whose last line is older than this (in log time) is emitted as incomplete: Postfix
+# gives up on a message after maximal_queue_lifetime (5 days by default, postconf(5)).
+OPEN_HORIZON_US = 6 * 24 * 3600 * 1_000_000
+
+_BLOCK_BYTES = 16 * 1024 * 1024  # per parse task: small enough to keep both cores busy
+
+_STR = pa.string()
+_NULL = pa.scalar(None, _STR)
+
+
+def detect(head: bytes) -> bool:
+    return _DETECT.search(decode_head(head)) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1 (thread pool): one block of lines -> events, skips, rejects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    """What one block of lines turned into."""
+
+    file_idx: int
+    lines: int
+    events: pa.Table  # one row per line that belongs to a message (see _EVENT_COLUMNS)
+    noqueue: pa.Table  # NOQUEUE rejects: each is a message on its own (same columns)
+    skipped: Counter
+    rejects: tuple[list, list, pa.Array] | None  # (line numbers, reasons, raw lines)
+
+
+_EVENT_COLUMNS = {
+    "seq": pa.int64(),
+    "file_idx": pa.int32(),
+    "line": pa.int64(),
+    "ts": TS,
+    "host": _STR,
+    "inst": _STR,
+    "qid": _STR,
+    "kind": pa.int8(),
+    "client_ip": _STR,
+    "message_id": _STR,
+    "p1_qmgr": _STR,
+    "p1_other": _STR,
+    "p2_from": _STR,
+    "p2_sender": _STR,
+    "subject": _STR,
+    "size": pa.int64(),
+    "rcpt_delivered": _STR,
+    "rcpt_other": _STR,
+    "relay_host": _STR,
+    "status": _STR,
+    "response": _STR,
+}
+EVENT_SCHEMA = pa.schema(list(_EVENT_COLUMNS.items()))
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def _starts(s: pa.Array, prefix: str) -> np.ndarray:
+    return _mask(pc.starts_with(s, prefix))
+
+
+def _sub(arr: pa.Array, idx: np.ndarray) -> pa.Array:
+    return arr.take(pa.array(idx, pa.int64()))
+
+
+def _reply_text(reply: pa.Array) -> pa.Array:
+    """'host x[ip] said: 550 5.7.64 ... (in reply to RCPT TO command)' -> '550 5.7.64 ...'."""
+    said = pc.fill_null(pc.match_substring(reply, " said: "), False)
+    if pc.any(said).as_py():
+        inner = pc.replace_substring_regex(reply, r"^.*? said: ", "")
+        inner = pc.replace_substring_regex(inner, r" \(in reply to [^()]*\)$", "")
+        reply = pc.if_else(said, inner, reply)
+    return reply
+
+
+def _host_of_relay(relay: pa.Array) -> pa.Array:
+    """relay=host[ip]:port -> host; 'none', 'local', 'dovecot' stay as they are."""
+    return element(pc.split_pattern(relay, "[", max_splits=1), 0)
+
+
+def parse_block(
+    lines: pa.Array, first_line: int, file_idx: int, seq0: int, clock, year, tz
+) -> Block:
+    """Classify and read one block of lines (runs on the thread pool)."""
+    n = len(lines)
+    line_no = np.arange(first_line, first_line + n, dtype=np.int64)
+    skipped: Counter = Counter()
+    p = parse_prefix(lines, year=year, clock=clock, tz=tz)
+    ok = _mask(p.ok)
+    rejects_idx: list[np.ndarray] = []
+    rejects_reason: list[pa.Array] = []
+
+    blank = _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0))
+    skipped[SKIP_BLANK] += int(blank.sum())
+    bad = ~ok & ~blank
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        rejects_idx.append(idx)
+        rejects_reason.append(_sub(p.error, idx))
+
+    is_pf = ok & _starts(p.program, "postfix")
+    # A tag like 'postfix-script' is Postfix's shell script, not a daemon: no '/' in it.
+    is_pf &= _mask(pc.match_substring(p.program, "/"))
+    skipped[SKIP_OTHER_PROGRAM] += int((ok & ~is_pf).sum())
+
+    pf = np.flatnonzero(is_pf)
+    prog_parts = pc.split_pattern(_sub(p.program, pf), "/")
+    inst = element(prog_parts, 0)
+    daemon = last_element(prog_parts)
+    msg = _sub(p.message, pf)
+    two = pc.split_pattern(msg, ": ", max_splits=1)
+    first = element(two, 0)
+    rest = element(two, 1)
+    has_rest = _mask(pc.is_valid(rest))
+    is_qid = has_rest & _mask(pc.match_substring_regex(first, _QUEUE_ID))
+    is_noq = has_rest & _mask(pc.equal(first, "NOQUEUE"))
+
+    # ---- lines without a queue id: daemon noise, counted by kind ---------------------------
+    other = ~is_qid & ~is_noq
+    if other.any():
+        o = np.flatnonzero(other)
+        m = _sub(msg, o)
+        d = _sub(daemon, o)
+        conn = (
+            _starts(m, "connect ")
+            | _starts(m, "disconnect from")
+            | _starts(m, "lost connection")
+            | _starts(m, "timeout after")
+            | _starts(m, "too many errors")
+            | _starts(m, "improper command pipelining")
+            | _starts(m, "SSL_accept error")
+            | _starts(m, "SSL_connect error")
+        )
+        tls = _mask(pc.match_substring(m, "TLS connection established")) & ~conn
+        warn = (
+            _starts(m, "warning:") | _starts(m, "fatal:") | _starts(m, "panic:") | _starts(m, "error:")
+        ) & ~conn & ~tls
+        stats = (_starts(m, "statistics:") | _mask(pc.is_in(d, pa.array(["anvil", "scache"])))) & ~(
+            conn | tls | warn
+        )
+        screen = _mask(pc.is_in(d, pa.array(["postscreen", "dnsblog", "tlsproxy"]))) & ~(
+            conn | tls | warn | stats
+        )
+        rest_o = ~(conn | tls | warn | stats | screen)
+        for mask, why in (
+            (conn, SKIP_CONNECTION),
+            (tls, SKIP_TLS),
+            (warn, SKIP_WARNING),
+            (stats, SKIP_STATS),
+            (screen, SKIP_SCREEN),
+            (rest_o, SKIP_DAEMON),
+        ):
+            skipped[why] += int(mask.sum())
+
+    # ---- queue-id lines --------------------------------------------------------------------
+    q = np.flatnonzero(is_qid)
+    qrest = _sub(rest, q)
+    qd = _sub(daemon, q)
+    kind = np.zeros(len(q), dtype=np.int8)
+    kind[_starts(qrest, "client=")] = CLIENT
+    kind[_starts(qrest, "uid=") & _mask(pc.match_substring(qrest, " from=<"))] = PICKUP
+    kind[_starts(qrest, "message-id=")] = MSGID
+    kind[_starts(qrest, "from=<") & _mask(pc.equal(qd, "qmgr"))] = QMGR_FROM
+    kind[_starts(qrest, "to=")] = DELIVERY
+    kind[_mask(pc.equal(qrest, "removed"))] = REMOVED
+    kind[_mask(pc.match_substring(qrest, " notification: ")) & _mask(pc.equal(qd, "bounce"))] = BOUNCE
+    header = _mask(pc.match_substring_regex(qrest, r"^[a-z_-]+: header [A-Za-z0-9-]+: "))
+    kind[header & (kind == 0)] = HEADER
+    rej = (
+        _starts(qrest, "reject: ")
+        | _starts(qrest, "milter-reject: ")
+        | _starts(qrest, "discard: ")
+        | _starts(qrest, "proxy-reject: ")
+    )
+    kind[rej & (kind == 0)] = REJECT
+
+    # ---- NOQUEUE lines ---------------------------------------------------------------------
+    nq = np.flatnonzero(is_noq)
+    nrest = _sub(rest, nq)
+    n_rej = (
+        _starts(nrest, "reject: ")
+        | _starts(nrest, "milter-reject: ")
+        | _starts(nrest, "discard: ")
+        | _starts(nrest, "proxy-reject: ")
+    )
+    n_probe = n_rej & (
+        _mask(pc.match_substring_regex(nrest, r"^[a-z-]+: (CONNECT|VRFY|EXPN) from "))
+    )
+    skipped[SKIP_NOT_MESSAGE] += int(n_probe.sum())
+    n_keep = n_rej & ~n_probe
+    skipped[SKIP_NOQUEUE_INFO] += int((~n_rej).sum())
+
+    # Rows of all event lines (queue-id and NOQUEUE), then fields per kind.
+    ev_pos = np.concatenate([q, nq[n_keep]])  # positions within pf
+    ev_kind = np.concatenate([kind, np.full(int(n_keep.sum()), REJECT, dtype=np.int8)])
+    ev_rest = pa.concat_arrays([qrest, nrest.filter(pa.array(n_keep))])
+    ev_noq = np.concatenate([np.zeros(len(q), bool), np.ones(int(n_keep.sum()), bool)])
+    ne = len(ev_pos)
+    cols = {name: pa.nulls(ne, typ) for name, typ in _EVENT_COLUMNS.items()}
+
+    def fill(name: str, k_mask: np.ndarray, values: pa.Array) -> None:
+        idx = np.flatnonzero(k_mask)
+        base = cols[name]
+        full = np.full(ne, -1, dtype=np.int64)
+        full[idx] = np.arange(len(idx))
+        taken = values.take(pa.array(np.where(full >= 0, full, 0)))
+        cols[name] = pc.if_else(pa.array(full >= 0), taken.cast(base.type), base)
+
+    def subset(k: int) -> tuple[np.ndarray, pa.Array]:
+        m = ev_kind == k
+        return m, ev_rest.filter(pa.array(m))
+
+    unused = np.zeros(ne, dtype=bool)
+    broken: list[tuple[np.ndarray, str]] = []
+
+    m, s = subset(CLIENT)
+    if m.any():
+        fill("client_ip", m, extract(s, r"^client=[^\[,]*\[(?P<ip>[^\]]*)\]"))
+    m, s = subset(PICKUP)
+    if m.any():
+        fill("p1_other", m, extract(s, r" from=<(?P<f>[^>]*)>"))
+    m, s = subset(MSGID)
+    if m.any():
+        mid = pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(s, 11))
+        fill("message_id", m, mid)
+    m, s = subset(HEADER)
+    if m.any():
+        h = pc.extract_regex(
+            s,
+            r"^[a-z_-]+: header (?P<name>[A-Za-z0-9-]+): (?P<value>.*) from [^;]*?; "
+            r"from=<(?P<p1>[^>]*)>(?: to=<(?P<to>[^>]*)>)?",
+        )
+        valid = _mask(pc.is_valid(h))
+        name = pc.utf8_lower(h.field("name"))
+        value = h.field("value")
+        is_from = valid & _mask(pc.equal(name, "from"))
+        is_sender = valid & _mask(pc.equal(name, "sender"))
+        is_subject = valid & _mask(pc.equal(name, "subject"))
+        used = is_from | is_sender | is_subject
+        # 'root@host (Cron Daemon)': drop the RFC 5322 comment so the address is what remains.
+        value = pc.replace_substring_regex(value, r"\s*\([^()]*\)\s*$", "")
+        fill("p2_from", m, pc.if_else(pa.array(is_from), value, _NULL))
+        fill("p2_sender", m, pc.if_else(pa.array(is_sender), value, _NULL))
+        fill("subject", m, pc.if_else(pa.array(is_subject), value, _NULL))
+        fill("p1_other", m, pc.if_else(pa.array(used), h.field("p1"), _NULL))
+        fill("rcpt_other", m, pc.if_else(pa.array(used), h.field("to"), _NULL))
+        sub_unused = np.zeros(ne, dtype=bool)
+        sub_unused[np.flatnonzero(m)[~used]] = True
+        unused |= sub_unused
+    m, s = subset(QMGR_FROM)
+    if m.any():
+        g = pc.extract_regex(
+            s, r"^from=<(?P<f>[^>]*)>, (?:size=(?P<size>\d+)|status=(?P<st>[a-z]+))"
+        )
+        valid = _mask(pc.is_valid(g))
+        fill("p1_qmgr", m, pc.if_else(pa.array(valid), g.field("f"), _NULL))
+        size = pc.if_else(pa.array(valid), g.field("size"), _NULL)
+        fill("size", m, pc.if_else(pc.equal(size, ""), _NULL, size).cast(pa.int64()))
+        expired = valid & _mask(pc.equal(g.field("st"), "expired"))
+        ev_kind[np.flatnonzero(m)[expired]] = EXPIRED
+        fill("status", m, pc.if_else(pa.array(expired), pa.scalar("expired"), _NULL))
+        broken.append((np.flatnonzero(m)[~valid], REJECT_QMGR))
+    m, s = subset(DELIVERY)
+    if m.any():
+        d = pc.extract_regex(
+            s,
+            r"^to=<?(?P<to>[^>,]*)>?, (?:orig_to=<?[^>,]*>?, )?relay=(?P<relay>[^,]*), "
+            r"(?:.*?, )?status=(?P<status>[A-Za-z-]+)(?: \((?P<reply>.*?)\)?)?$",
+        )
+        valid = _mask(pc.is_valid(d))
+        vm = pa.array(valid)
+        fill("rcpt_delivered", m, pc.if_else(vm, d.field("to"), _NULL))
+        relay = _host_of_relay(d.field("relay"))
+        # relay=none (no connection made): the host it tried is named in the reply, e.g.
+        # 'connect to contoso-com.mail.protection.outlook.com[198.51.100.201]:25: Connection
+        # timed out'. That host is the next hop the message was meant for.
+        tried = extract(d.field("reply"), r"(?:connect to|host|with) (?P<h>[A-Za-z0-9.-]+)\[")
+        relay = pc.if_else(pc.fill_null(pc.equal(relay, "none"), False), pc.coalesce(tried, relay), relay)
+        fill("relay_host", m, pc.if_else(vm, relay, _NULL))
+        fill("status", m, pc.if_else(vm, d.field("status"), _NULL))
+        reply = pc.if_else(vm, d.field("reply"), _NULL)
+        fill("response", m, _reply_text(pc.if_else(pc.equal(reply, ""), _NULL, reply)))
+        broken.append((np.flatnonzero(m)[~valid], REJECT_DELIVERY))
+    m, s = subset(REJECT)
+    if m.any():
+        action = element(pc.split_pattern(s, ": ", max_splits=1), 0)
+        status = pc.if_else(pc.equal(action, "discard"), pa.scalar("discarded"), pa.scalar("rejected"))
+        fill("status", m, status)
+        fill("relay_host", m, pc.if_else(pc.is_valid(action), pa.scalar("none"), _NULL))
+        fill("client_ip", m, extract(s, r"^[a-z-]+: [A-Z-]+ from [^\[\s]*\[(?P<ip>[^\]]*)\]"))
+        fill("response", m, extract(s, r"\]:(?:\d+:)? (?P<t>.*?); (?:from|to|proto)="))
+        fill("p1_other", m, extract(s, r"; from=<(?P<f>[^>]*)>"))
+        fill("rcpt_other", m, extract(s, r"[;,]? to=<(?P<t>[^>]*)>"))
+    m, s = subset(BOUNCE)
+    if m.any():
+        # '<ORIGINAL>: sender non-delivery notification: <NDR>' (Postfix bounce_notify_service):
+        # the event belongs to the NDR, whose own lines carry its queue id.
+        ndr_qid = last_element(pc.split_pattern(s, ": "))
+        qid_override = (np.flatnonzero(m), ndr_qid)
+    else:
+        qid_override = None
+
+    unused |= ev_kind == 0
+    skipped[SKIP_QID_UNUSED] += int((unused & (ev_kind == 0)).sum())
+    skipped[SKIP_HEADER_UNUSED] += int((unused & (ev_kind == HEADER)).sum())
+    drop = unused.copy()
+    for idx, why in broken:
+        if len(idx):
+            drop[idx] = True
+            rejects_idx.append(pf[ev_pos[idx]])
+            rejects_reason.append(pa.array([why] * len(idx), _STR))
+
+    keep = ~drop
+    pos = pf[ev_pos]  # line index within the block
+    qid_col = pa.concat_arrays(
+        [_sub(first, q).cast(_STR), pa.nulls(int(n_keep.sum()), _STR)]
+    )
+    if qid_override is not None:
+        bq, ndr_qid = qid_override
+        full = np.full(ne, -1, dtype=np.int64)
+        full[bq] = np.arange(len(bq))
+        qid_col = pc.if_else(
+            pa.array(full >= 0), ndr_qid.take(pa.array(np.where(full >= 0, full, 0))), qid_col
+        )
+    pos_take = pa.array(pos)
+    cols.update(
+        seq=pa.array(seq0 + pos, pa.int64()),
+        file_idx=pa.array(np.full(ne, file_idx, dtype=np.int32)),
+        line=pa.array(line_no[pos]),
+        ts=p.ts.take(pos_take),
+        host=p.host.take(pos_take),
+        inst=inst.take(pa.array(ev_pos)),
+        qid=qid_col,
+        kind=pa.array(ev_kind, pa.int8()),
+    )
+    table = pa.table(cols, schema=EVENT_SCHEMA).filter(pa.array(keep))
+    noq_mask = pa.array(ev_noq[keep])
+    events = table.filter(pc.invert(noq_mask))
+    noqueue = table.filter(noq_mask)
+
+    rejects = None
+    if rejects_idx:
+        idx = np.concatenate(rejects_idx)
+        reasons = pa.concat_arrays([r.cast(_STR) for r in rejects_reason])
+        rejects = (line_no[idx].tolist(), reasons, _sub(lines, idx))
+    return Block(file_idx, n, events, noqueue, skipped, rejects)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2 (in order): correlate events into messages
+# --------------------------------------------------------------------------------------------
+
+
+def _target_regex(globs: tuple[str, ...]) -> str:
+    """relay.targets globs (`*.mail.protection.outlook.com`) as one RE2 pattern."""
+    parts = [re.escape(g).replace(r"\*", ".*").replace(r"\?", ".") for g in globs]
+    return "(?i)^(?:" + "|".join(parts) + r")\.?$" if parts else "(?!)"
+
+
+class Correlator:
+    """Carries the events of messages still open from one block to the next."""
+
+    def __init__(self, targets: tuple[str, ...]):
+        self.pending = EVENT_SCHEMA.empty_table()
+        self.targets = _target_regex(targets)
+        self.max_ts: int | None = None
+
+    def feed(self, events: pa.Table, final: bool = False) -> pa.Table | None:
+        """Add a block's events; return the messages that are now closed (one row each)."""
+        if len(events):
+            mx = pc.max(events.column("ts")).value
+            if mx is not None:
+                self.max_ts = mx if self.max_ts is None else max(self.max_ts, mx)
+        ev = pa.concat_tables([self.pending, events]) if len(self.pending) else events
+        if not len(ev):
+            return None
+        key = pc.binary_join_element_wise(
+            pc.fill_null(ev.column("host"), ""), pc.fill_null(ev.column("inst"), ""),
+            pc.fill_null(ev.column("qid"), ""), "\x1f",
+        )
+        gid = pc.dictionary_encode(key).combine_chunks().indices.to_numpy()
+        seq = ev.column("seq").to_numpy()
+        order = np.lexsort((seq, gid))
+        ev = ev.take(pa.array(order))
+        gid = gid[order]
+        kind = ev.column("kind").to_numpy()
+        n = len(ev)
+        same = np.zeros(n, dtype=bool)
+        same[1:] = gid[1:] == gid[:-1]
+        starts_here = np.isin(kind, (CLIENT, PICKUP))
+        prev_removed = np.zeros(n, dtype=bool)
+        prev_removed[1:] = kind[:-1] == REMOVED
+        # A new message: a new queue id, or the same id after 'removed' / a new client=/pickup
+        # (queue ids are reused; a lost 'removed' must not glue two messages together).
+        boundary = ~same | prev_removed | (starts_here & same)
+        msg = np.cumsum(boundary) - 1
+        n_msg = int(msg[-1]) + 1
+        starts = np.flatnonzero(boundary)
+        has_removed = np.maximum.reduceat((kind == REMOVED).astype(np.int8), starts) > 0
+        has_qmgr = np.maximum.reduceat(np.isin(kind, (QMGR_FROM, EXPIRED)).astype(np.int8), starts) > 0
+        msg_gid = gid[starts]
+        followed = np.zeros(n_msg, dtype=bool)
+        followed[:-1] = msg_gid[1:] == msg_gid[:-1]
+        ts = ev.column("ts").cast(pa.int64()).fill_null(0).to_numpy()
+        last_ts = np.maximum.reduceat(ts, starts)
+        stale = (
+            last_ts < (self.max_ts - OPEN_HORIZON_US) if self.max_ts is not None else np.zeros(n_msg, bool)
+        )
+        closed = has_removed | followed | stale | final
+        closed_ev = closed[msg]
+        self.pending = ev.filter(pa.array(~closed_ev))
+        if not closed.any():
+            return None
+        done = ev.filter(pa.array(closed_ev))
+        complete = (has_removed & has_qmgr)[closed]
+        return self._messages(done, msg[closed_ev], complete)
+
+    def _messages(self, ev: pa.Table, msg: np.ndarray, complete: np.ndarray) -> pa.Table:
+        """Closed events (sorted by message, then time) -> one row per message."""
+        # Renumber to 0..M-1 in event order.
+        boundary = np.ones(len(msg), dtype=bool)
+        boundary[1:] = msg[1:] != msg[:-1]
+        m = np.cumsum(boundary) - 1
+        ev = ev.append_column("m", pa.array(m))
+        firsts = [
+            "seq", "file_idx", "line", "ts", "host", "qid", "client_ip", "message_id", "p1_qmgr",
+            "p1_other", "p2_from", "p2_sender", "subject", "size",
+        ]
+        agg = ev.group_by("m", use_threads=False).aggregate(
+            [(c, "first") for c in firsts]
+            + [("rcpt_delivered", "distinct"), ("rcpt_other", "distinct")]
+            + [("kind", "max")]
+        )
+        agg = agg.sort_by("m")
+        kinds = ev.column("kind").to_numpy()
+        n_msg = len(agg)
+        is_ndr = np.zeros(n_msg, dtype=bool)
+        is_ndr[m[kinds == BOUNCE]] = True
+        expired = np.zeros(n_msg, dtype=bool)
+        expired[m[kinds == EXPIRED]] = True
+        relay, status, response = self._primary_delivery(ev, m, n_msg)
+        status = pc.if_else(pa.array(expired), pa.scalar("expired"), status)
+        p1 = pc.coalesce(agg.column("p1_qmgr_first"), agg.column("p1_other_first"))
+        p2 = pc.coalesce(agg.column("p2_from_first"), agg.column("p2_sender_first"))
+        rd = agg.column("rcpt_delivered_distinct").combine_chunks()
+        ro = agg.column("rcpt_other_distinct").combine_chunks()
+        rd = _drop_list_nulls(rd)
+        ro = _drop_list_nulls(ro)
+        rcpts = pc.if_else(pc.greater(pc.list_value_length(rd), 0), rd, ro)
+        null_sender = pc.fill_null(pc.equal(p1, ""), False)
+        ndr = pc.if_else(
+            pa.array(is_ndr), True, pc.if_else(null_sender, pa.scalar(None, pa.bool_()), False)
+        )
+        return pa.table(
+            {
+                "seq": agg.column("seq_first"),
+                "file_idx": agg.column("file_idx_first"),
+                "line": agg.column("line_first"),
+                "ts": agg.column("ts_first"),
+                "host": agg.column("host_first"),
+                "qid": agg.column("qid_first"),
+                "client_ip": agg.column("client_ip_first"),
+                "message_id": agg.column("message_id_first"),
+                "p1": p1,
+                "p2": p2,
+                "subject": agg.column("subject_first"),
+                "size": agg.column("size_first"),
+                "recipients": rcpts,
+                "relay_host": relay,
+                "status": status,
+                "response": response,
+                "is_ndr": ndr,
+                "incomplete": pa.array(~complete),
+            }
+        )
+
+    def _primary_delivery(self, ev: pa.Table, m: np.ndarray, n_msg: int):
+        """relay_host/status/response of the delivery that represents the message: the last
+        one to a relay target (Exchange Online) if any, else the last delivery or reject."""
+        kinds = ev.column("kind").to_numpy()
+        is_del = np.isin(kinds, (DELIVERY, REJECT))
+        out = [pa.nulls(n_msg, _STR) for _ in range(3)]
+        if not is_del.any():
+            return out
+        d = ev.filter(pa.array(is_del))
+        dm = m[is_del]
+        target = _mask(pc.match_substring_regex(d.column("relay_host"), self.targets)).astype(np.int8)
+        seq = d.column("seq").to_numpy()
+        order = np.lexsort((seq, target, dm))
+        dm = dm[order]
+        last = np.ones(len(dm), dtype=bool)
+        last[:-1] = dm[1:] != dm[:-1]
+        pick = order[last]
+        where = np.full(n_msg, -1, dtype=np.int64)
+        where[dm[last]] = pick
+        have = pa.array(where >= 0)
+        safe = pa.array(np.where(where >= 0, where, 0))
+        res = []
+        for c in ("relay_host", "status", "response"):
+            col = d.column(c).combine_chunks().take(safe)
+            res.append(pc.if_else(have, col, _NULL))
+        return res
+
+
+def _drop_list_nulls(lists: pa.ListArray) -> pa.ListArray:
+    """Remove null elements from each list (distinct keeps one null)."""
+    flat = lists.flatten()
+    parents = pc.list_parent_indices(lists).to_numpy()
+    keep = _mask(pc.is_valid(flat)) & _mask(pc.greater(pc.utf8_length(pc.fill_null(flat, "")), 0))
+    counts = np.bincount(parents[keep], minlength=len(lists))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+
+
+def _noqueue_messages(noq: pa.Table) -> pa.Table:
+    """NOQUEUE rejects: each line is a message of its own, rejected at this host."""
+    n = len(noq)
+    rcpt = noq.column("rcpt_other").combine_chunks()
+    offsets = np.concatenate([[0], np.cumsum(pc.is_valid(rcpt).to_numpy(zero_copy_only=False))])
+    rcpts = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), rcpt.drop_null())
+    p1 = noq.column("p1_other")
+    return pa.table(
+        {
+            "seq": noq.column("seq"),
+            "file_idx": noq.column("file_idx"),
+            "line": noq.column("line"),
+            "ts": noq.column("ts"),
+            "host": noq.column("host"),
+            "qid": pa.nulls(n, _STR),
+            "client_ip": noq.column("client_ip"),
+            "message_id": pa.nulls(n, _STR),
+            "p1": p1,
+            "p2": pa.nulls(n, _STR),
+            "subject": pa.nulls(n, _STR),
+            "size": pa.nulls(n, pa.int64()),
+            "recipients": rcpts,
+            "relay_host": noq.column("relay_host"),
+            "status": noq.column("status"),
+            "response": noq.column("response"),
+            "is_ndr": pc.if_else(
+                pc.fill_null(pc.equal(p1, ""), False), pa.scalar(None, pa.bool_()), False
+            ),
+            "incomplete": pa.array(np.zeros(n, dtype=bool)),
+        }
+    )
+
+
+def _to_batch(msgs: pa.Table, sources: list[Source], ctx: IngestContext) -> pa.RecordBatch:
+    """Message rows -> a `messages` batch, and the parsed-line accounting per file."""
+    n = len(msgs)
+    file_idx = msgs.column("file_idx").to_numpy()
+    names = pa.array([s.name for s in sources])
+    src_hosts = pa.array([s.host or ctx.options.host for s in sources], _STR)
+    fidx = pa.array(file_idx)
+    p1 = msgs.column("p1")
+    p1 = pc.if_else(pc.is_valid(p1), pc.binary_join_element_wise("<", p1, ">", ""), _NULL)
+    return make_messages(
+        {
+            "ts": msgs.column("ts"),
+            "source_format": pa.array([NAME] * n),
+            "source_file": names.take(fidx),
+            "source_line": msgs.column("line"),
+            "host": pc.coalesce(msgs.column("host"), src_hosts.take(fidx)),
+            "message_id": msgs.column("message_id"),
+            "queue_id": msgs.column("qid"),
+            "p1_sender": p1,
+            "p2_sender": msgs.column("p2"),
+            "client_ip": msgs.column("client_ip"),
+            "relay_host": msgs.column("relay_host"),
+            "recipients": msgs.column("recipients"),
+            "status": msgs.column("status"),
+            "response": msgs.column("response"),
+            "is_ndr": msgs.column("is_ndr"),
+            "size": msgs.column("size"),
+            "subject": msgs.column("subject"),
+            "incomplete": msgs.column("incomplete"),
+        },
+        n,
+    )
+
+
+def _count_parsed(ev_files: np.ndarray, sources: list[Source], ctx: IngestContext) -> None:
+    for i, c in enumerate(np.bincount(ev_files, minlength=len(sources))):
+        if c:
+            ctx.parsed(sources[i].name, NAME, int(c))
+
+
+# --------------------------------------------------------------------------------------------
+# read
+# --------------------------------------------------------------------------------------------
+
+
+def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
+    opts = ctx.options
+    ordered = order_by_time(sources, year=opts.year, tz=opts.tz)
+    block_bytes = max(1024, min(opts.chunk_bytes, _BLOCK_BYTES))
+    corr = Correlator(tuple(opts.relay_targets))
+
+    def tasks(pool: ThreadPoolExecutor) -> Iterator[Future]:
+        seq0 = 0
+        for fi, src in enumerate(ordered):
+            clock = file_clock(src)
+            ctx.lines_read(src.name, NAME, 0)  # the file is listed even when empty
+            for first_line, lines in iter_line_blocks(src, block_bytes):
+                yield pool.submit(parse_block, lines, first_line, fi, seq0, clock, opts.year, opts.tz)
+                seq0 += len(lines)
+
+    def emit(msgs: pa.Table | None, ev_files: np.ndarray) -> Iterator[pa.RecordBatch]:
+        if msgs is not None and len(msgs):
+            _count_parsed(ev_files, ordered, ctx)
+            yield _to_batch(msgs.sort_by("seq"), ordered, ctx)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="postfix-parse") as pool:
+        in_flight: list[Future] = []
+        gen = tasks(pool)
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < 3:
+                try:
+                    in_flight.append(next(gen))
+                except StopIteration:
+                    exhausted = True
+            if not in_flight:
+                break
+            block: Block = in_flight.pop(0).result()
+            src = ordered[block.file_idx]
+            ctx.lines_read(src.name, NAME, block.lines)
+            for why, c in block.skipped.items():
+                ctx.skipped(src.name, NAME, why, c)
+            if block.rejects is not None:
+                lines, reasons, raws = block.rejects
+                ctx.reject_lines(NAME, src.name, lines, reasons, raws)
+            if len(block.noqueue):
+                yield from emit(
+                    _noqueue_messages(block.noqueue), block.noqueue.column("file_idx").to_numpy()
+                )
+            before = corr.pending
+            msgs = corr.feed(block.events)
+            if msgs is not None:
+                yield from emit(msgs, _closed_files(before, block.events, corr.pending))
+    before = corr.pending
+    msgs = corr.feed(EVENT_SCHEMA.empty_table(), final=True)
+    if msgs is not None:
+        yield from emit(msgs, before.column("file_idx").to_numpy())
+
+
+def _closed_files(before: pa.Table, new: pa.Table, after: pa.Table) -> np.ndarray:
+    """File index of every event that left the correlator in this round (for ctx.parsed)."""
+    all_files = np.concatenate(
+        [before.column("file_idx").to_numpy(), new.column("file_idx").to_numpy()]
+    )
+    counts = np.bincount(all_files, minlength=1) if len(all_files) else np.zeros(1, np.int64)
+    left = after.column("file_idx").to_numpy()
+    still = np.bincount(left, minlength=len(counts)) if len(left) else np.zeros_like(counts)
+    closed = counts - still[: len(counts)]
+    return np.repeat(np.arange(len(closed)), closed)

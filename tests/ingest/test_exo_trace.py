@@ -1,0 +1,130 @@
+"""exo-trace: Get-MessageTrace(V2)/-Detail exports, EAC reports, trace JSON."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipeline.errors import InputFormatError
+from pipeline.ingest import exo_trace
+from pipeline.ingest.base import IngestContext, IngestOptions, Source
+
+CONTOSO_RELAY = ((0xCB007100, 0xCB0071FF),)  # 203.0.113.0/24
+
+
+def run(paths, **opts):
+    rejects: list[pa.Table] = []
+    ctx = IngestContext(IngestOptions(connector_ranges=CONTOSO_RELAY, **opts),
+                        reject_sink=rejects.append)
+    batches = list(exo_trace.read([Source(p) for p in paths], ctx))
+    rows = pa.Table.from_batches(batches).to_pylist() if batches else []
+    rej = pa.concat_tables(rejects).to_pylist() if rejects else []
+    for f in ctx.accounting.files.values():  # every line accounted for
+        assert f["lines"] == f["parsed"] + sum(f["skipped"].values()) + sum(f["rejected"].values())
+    return rows, rej, ctx
+
+
+def by_mid(rows):
+    return {r["message_id"]: r for r in rows}
+
+
+def test_detects_exports_but_not_other_csv(test_data, sample_logs):
+    for p in list((test_data / "exo-trace").glob("*.csv")) + list(
+            (sample_logs / "exo-trace").glob("*.csv")):
+        assert exo_trace.detect(Source(p).head()), p
+    assert not exo_trace.detect(b"ts,p1_sender,recipients\n2026-01-01,a@b,c@d\n")
+    assert not exo_trace.detect(b"#Software: Microsoft Exchange Server\n#Fields: date-time\n")
+
+
+def test_type_line_remoting_columns_and_dayfirst_dates(test_data):
+    rows, rej, _ = run([test_data / "exo-trace" / "remoting_type_dayfirst.csv"])
+    assert not rej
+    m = by_mid(rows)
+    app = m["app-1@erp.corp.local"]
+    assert app["ts"].isoformat() == "2026-11-13T09:02:11+00:00"  # 13.11. settles day-first
+    assert app["p1_sender"] == "noreply@erp.corp.local" and app["p2_sender"] is None
+    assert app["relay_ip"] == "203.0.113.25" and app["logged_by_exo"] is True
+    ndr = m["ndr-1@exch01.contoso.com"]
+    assert ndr["ts"].isoformat() == "2026-11-03T17:45:00+00:00"
+    assert ndr["p1_sender"] is None and ndr["is_ndr"] is True  # generator: P1 unknown
+    inbound = m["in-1@fabrikam.com"]
+    assert inbound["relay_ip"] is None and inbound["connector"] is None
+
+
+def test_ambiguous_dates_are_an_error_unless_told(test_data):
+    path = test_data / "exo-trace" / "ambiguous.csv"
+    with pytest.raises(InputFormatError, match="ambiguous.*--dayfirst"):
+        run([path])
+    rows, _, _ = run([path], dayfirst=True)
+    assert by_mid(rows)["m1@contoso.com"]["ts"].isoformat().startswith("2026-04-03T10:00")
+    rows, _, _ = run([path], dayfirst=False)
+    assert by_mid(rows)["m1@contoso.com"]["ts"].isoformat().startswith("2026-03-04T10:00")
+    rows, _, _ = run([path], date_format="%d/%m/%Y %H:%M:%S")
+    assert by_mid(rows)["m2@contoso.com"]["ts"].isoformat().startswith("2026-03-04T11:00")
+
+
+def test_selected_columns_month_first_and_12_hour_clock(test_data):
+    rows, rej, _ = run([test_data / "exo-trace" / "select_subset_monthfirst.csv"])
+    assert not rej
+    m = by_mid(rows)
+    assert m["j1@contoso.com"]["ts"].isoformat() == "2026-11-02T00:05:09+00:00"  # 12 AM
+    assert m["j2@contoso.com"]["ts"].isoformat() == "2026-11-13T12:30:00+00:00"  # 12 PM
+    assert m["j2@contoso.com"]["subject"] == "noon job, with comma"
+    assert m["j2@contoso.com"]["relay_ip"] is None  # 192.0.2.9 is outside the connector
+
+
+def test_overlapping_exports_count_once(test_data):
+    d = test_data / "exo-trace"
+    rows, _, ctx = run([d / "overlap_a.csv", d / "overlap_b.csv"])
+    m = by_mid(rows)
+    assert len(rows) == 2
+    assert sorted(m["n1@contoso.com"]["recipients"]) == ["jane@fabrikam.com", "tom@fabrikam.com"]
+    assert m["n1@contoso.com"]["p1_domain"] == "em123.sendgrid.net"
+
+
+def test_detail_export_reply_and_connector(test_data):
+    rows, rej, _ = run([test_data / "exo-trace" / "detail.csv"])
+    assert not rej and len(rows) == 1
+    r = rows[0]
+    assert r["response"].startswith("550 5.7.64 TenantAttribution; Relay Access Denied")
+    assert r["connector"] == "On-premises relay" and r["status"] == "Fail"
+    assert r["ts"].isoformat() == "2026-11-13T08:00:01.100000+00:00"
+
+
+def test_enhanced_summary_utf16_recipient_status_and_multiline_subject(test_data):
+    rows, rej, ctx = run([test_data / "exo-trace" / "enhanced_utf16_bom.csv"])
+    assert not rej and len(rows) == 1
+    r = rows[0]
+    assert r["recipients"] == ["a@fabrikam.com", "b@example.com"]
+    assert r["p2_sender"] == "alerts@contoso.com" and r["p1_sender"] is None
+    assert r["subject"] == 'Line1 "quoted", and\r\nline2'
+    assert r["connector"] == "On-premises relay" and r["relay_ip"] == "203.0.113.25"
+    f = next(iter(ctx.accounting.files.values()))
+    assert f["lines"] == 3 and f["parsed"] == 2
+
+
+def test_broken_rows_are_rejected_with_line_numbers(test_data):
+    rows, rej, _ = run([test_data / "exo-trace" / "broken_rows.csv"])
+    assert len(rows) == 1
+    assert sorted((r["source_line"], r["reason"][:10]) for r in rej) == [
+        (3, "the row do"), (4, "time is no")]
+
+
+def test_sample_trace_and_extended_report_merge(sample_logs):
+    d = sample_logs / "exo-trace"
+    rows, rej, _ = run(sorted(d.glob("*.csv")))
+    assert not rej
+    m = by_mid(rows)
+    sg = m["SG.nl-2611.8f3e1a@contoso.com"]  # in both files: one message, P1/P2 from the report
+    assert sg["p1_domain"] == "em123.sendgrid.net" and sg["p2_sender"] == "news@contoso.com"
+    assert sg["connector"] == "On-premises relay" and sg["recipient_count"] == 2
+    assert len(rows) == 6
+
+
+def test_real_json_samples(real_samples):
+    paths = sorted((real_samples / "exo-message-trace").glob("*.log"))
+    rows, rej, _ = run(paths)
+    assert not rej and len(rows) == 3
+    r = by_mid(rows)["a210cf91-4f2e-484c-8ada-3b27064ee5e3@az.uksouth.production.microsoft.com"]
+    assert r["ts"].isoformat() == "2022-09-05T18:10:13.490765+00:00"
+    assert r["p1_sender"] == "azure-noreply@microsoft.com" and r["size"] == 87891

@@ -1,0 +1,106 @@
+"""IIS SMTP (SMTPSVC) W3C ingest: header-driven columns, transactions, outbound relay ties."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.ingest import iis_smtp, resolve_format
+from pipeline.ingest.base import IngestContext, IngestOptions, Source
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "iis-smtp"
+
+
+def run(paths, host="iis01", **options):
+    rejects = []
+    ctx = IngestContext(IngestOptions(**options), reject_sink=rejects.append)
+    batches = list(iis_smtp.read([Source(Path(p), host=host) for p in paths], ctx))
+    rows = pa.Table.from_batches(batches).to_pylist() if batches else []
+    rejected = pa.concat_tables(rejects).to_pylist() if rejects else []
+    return rows, ctx, rejected
+
+
+def assert_every_line_accounted(ctx):
+    for name, f in ctx.accounting.files.items():
+        total = f["parsed"] + sum(f["skipped"].values()) + sum(f["rejected"].values())
+        assert total == f["lines"], (name, f)
+
+
+def by_sender(rows):
+    return {r["p1_sender"]: r for r in rows}
+
+
+def test_sample_inbound_tied_to_outbound_relay(sample_logs):
+    rows, ctx, rejected = run([sample_logs / "iis-smtp" / "ex260302.log"])
+    assert not rejected
+    scan = by_sender(rows)["scanner@printers.contoso.local"]
+    assert scan["client_ip"] == "203.0.113.80" and scan["recipients"] == ["accounts@fabrikam.com"]
+    assert scan["relay_host"] == "BN8NAM12FT091.mail.protection.outlook.com"
+    assert scan["response"].startswith("550 5.7.64 TenantAttribution; Relay Access Denied [")
+    assert scan["status"] == "bounced" and scan["size"] == 884213
+    assert scan["message_id"] == "MFP2FWEST.0302081502.0001@printers.contoso.local"
+    assert scan["ts"] == datetime(2026, 3, 2, 8, 15, 2, tzinfo=UTC) and scan["host"] == "iis01"
+    ok = by_sender(rows)["timesheets@contoso.com"]
+    assert ok["recipients"] == ["k.lee@fabrikam.com", "m.chan@fabrikam.com"]
+    assert ok["status"] == "relayed" and ok["response"].startswith("250 2.6.0")
+    assert ok["relay_host"] == "AM4PEPF00027A5E.mail.protection.outlook.com"
+    assert len(rows) == 4
+    assert_every_line_accounted(ctx)
+
+
+def test_outbound_only_ndr_after_restart_header(sample_logs):
+    rows, _, _ = run([sample_logs / "iis-smtp" / "ex260302.log"])
+    ndr = by_sender(rows)[""]
+    assert ndr["is_ndr"] is True and ndr["p1_domain"] is None
+    assert ndr["client_ip"] is None and ndr["recipients"] == ["orders@fabrikam.com"]
+    assert ndr["response"] == "550 5.7.64 TenantAttribution; Relay Access Denied"
+    open_txn = by_sender(rows)["reports@erp.contoso.local"]
+    assert open_txn["incomplete"] is True and open_txn["relay_host"] is None
+
+
+def test_custom_field_order_and_bad_lines():
+    rows, ctx, rejected = run([DATA / "custom_fields_and_ncsa.log"])
+    scan = by_sender(rows)["scan@contoso.com"]
+    assert scan["size"] == 52231 and scan["recipients"] == ["a.b@fabrikam.com"]
+    assert scan["ts"] == datetime(2026, 3, 3, 7, 1, 10, tzinfo=UTC)
+    refused = by_sender(rows)["ops@contoso.com"]
+    assert refused["status"] == "rejected" and refused["relay_host"] == "none"
+    assert refused["response"] == "550"
+    reasons = {r["source_line"]: r["reason"] for r in rejected}
+    assert reasons[9].startswith("RCPT/DATA without a MAIL")
+    assert reasons[10].startswith("expected 9 space-separated fields")
+    assert reasons[11].startswith("date/time is not")
+    assert_every_line_accounted(ctx)
+
+
+def test_ncsa_lines_are_rejected_with_a_reason():
+    rows, ctx, rejected = run([DATA / "ncsa_only.log"])
+    assert rows == [] and len(rejected) == 2
+    assert all(r["reason"].startswith("NCSA common format line") for r in rejected)
+    assert_every_line_accounted(ctx)
+
+
+def test_detect(sample_logs):
+    assert iis_smtp.detect((sample_logs / "iis-smtp" / "ex260302.log").read_bytes())
+    web = b"#Software: Microsoft Internet Information Services 10.0\n#Fields: date time s-ip cs-method cs-uri-stem c-ip\n2026-01-01 00:00:00 192.0.2.1 GET / 192.0.2.9\n"
+    assert not iis_smtp.detect(web)
+    assert resolve_format(Source(sample_logs / "iis-smtp" / "ex260302.log")).NAME == "iis-smtp"
+
+
+def test_real_ossec_sample(real_samples, tmp_path):
+    """OSSEC docs page: log lines sit in code blocks indented two spaces; W3C lines must parse,
+    the NCSA block is rejected with its reason."""
+    text = (real_samples / "iis-smtp" / "ossec-docs-exchange2000-smtp-w3c-ncsa.rst").read_text()
+    lines = [ln[2:] for ln in text.splitlines() if ln.startswith("  ") and ln.strip()]
+    target = tmp_path / "ex061009.log"
+    target.write_text("\n".join(lines) + "\n")
+    rows, ctx, rejected = run([target])
+    assert {r["reason"].split(":")[0] for r in rejected} == {"NCSA common format line"}
+    assert len(rejected) == sum(1 for ln in lines if ' "' in ln and "[" in ln)
+    senders = by_sender(rows)
+    assert senders["EldonpyzWestoncusk@sbcglobal.net"]["recipients"] == ["pamb@meelift.com"]
+    assert senders["EldonpyzWestoncusk@sbcglobal.net"]["size"] == 1399
+    assert senders["ossecm@HULK"]["message_id"] == "MEE-PDCfSDGAIXWb9DY00001e05@mee-pdc.meelift.com"
+    assert_every_line_accounted(ctx)

@@ -1,0 +1,130 @@
+"""The shared syslog prefix parser: RFC 3164 year/time-zone inference, ISO 8601, journald,
+RFC 5424, line cutting, and rotated-file ordering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+
+from pipeline.ingest.base import Source
+from pipeline.ingest.syslog import (
+    BAD_TIME,
+    NO_MESSAGE,
+    NO_PREFIX,
+    element,
+    iter_line_blocks,
+    lines_from_block,
+    order_by_time,
+    parse_prefix,
+)
+
+UTC = dt.UTC
+JAN_2027 = dt.datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def _one(line: str, **kw):
+    p = parse_prefix(pa.array([line]), **kw)
+    return {
+        "ts": p.ts[0].as_py(),
+        "host": p.host[0].as_py(),
+        "program": p.program[0].as_py(),
+        "pid": p.pid[0].as_py(),
+        "message": p.message[0].as_py(),
+        "error": p.error[0].as_py(),
+    }
+
+
+def test_rfc3164_fields_and_tag_with_extra_parts():
+    r = _one(
+        "Jun  3 10:40:57 mail postfix/submission/smtpd[9708]: 4AA091855DA0: client=x[192.0.2.1]",
+        clock=JAN_2027,
+    )
+    assert r["ts"] == dt.datetime(2026, 6, 3, 10, 40, 57, tzinfo=UTC)  # June is after January
+    assert (r["host"], r["program"], r["pid"]) == ("mail", "postfix/submission/smtpd", "9708")
+    assert r["message"] == "4AA091855DA0: client=x[192.0.2.1]"
+    assert r["error"] is None
+
+
+def test_year_rolls_back_across_new_year_and_year_option_wins():
+    assert _one("Dec 31 23:59:59 h postfix/qmgr[1]: x", clock=JAN_2027)["ts"].year == 2026
+    assert _one("Jan  1 00:00:01 h postfix/qmgr[1]: x", clock=JAN_2027)["ts"].year == 2027
+    assert _one("Dec 31 23:59:59 h p[1]: x", clock=JAN_2027, year=2019)["ts"].year == 2019
+
+
+def test_local_time_converted_with_tz():
+    berlin = ZoneInfo("Europe/Berlin")
+    r = _one("Nov  2 08:15:00 relay01 postfix/qmgr[1]: x", clock=JAN_2027, tz=berlin)
+    assert r["ts"] == dt.datetime(2026, 11, 2, 7, 15, tzinfo=UTC)  # CET = UTC+1
+    fixed = dt.timezone(dt.timedelta(hours=-5))
+    r = _one("Jul  4 12:00:00 h p[1]: x", clock=JAN_2027, tz=fixed)
+    assert r["ts"] == dt.datetime(2026, 7, 4, 17, 0, tzinfo=UTC)
+
+
+def test_iso_rsyslog_fileformat_journald_and_rfc5424():
+    r = _one("2016-03-23T01:09:28.962188+01:00 tron postfix/smtpd[472]: warning: x")
+    assert r["ts"] == dt.datetime(2016, 3, 23, 0, 9, 28, 962188, tzinfo=UTC)
+    r = _one("2023-01-01T10:00:00+0100 host postfix/smtpd[123]: hello")  # journalctl -o short-iso
+    assert r["ts"] == dt.datetime(2023, 1, 1, 9, 0, tzinfo=UTC)
+    assert r["program"] == "postfix/smtpd"
+    r = _one("<22>1 2023-01-01T10:00:00Z relay01 postfix/qmgr 1021 - - ABC123DEF0: removed")
+    assert (r["host"], r["program"], r["pid"], r["message"]) == (
+        "relay01", "postfix/qmgr", "1021", "ABC123DEF0: removed",
+    )
+    r = _one("<13>Feb  5 17:32:18 10.0.0.99 sm-mta[5]: msg", clock=JAN_2027)
+    assert (r["program"], r["message"]) == ("sm-mta", "msg")
+
+
+def test_unpadded_day_priority_token_and_tag_without_pid():
+    r = _one("Mar 7 02:09:33 server postfix/smtpd[27246]: x", clock=JAN_2027)
+    assert r["ts"] == dt.datetime(2026, 3, 7, 2, 9, 33, tzinfo=UTC)
+    r = _one("Jun 17 14:37:39 <mail.notice> robin sm-mta[2794]: x", clock=JAN_2027)
+    assert (r["host"], r["program"]) == ("robin", "sm-mta")
+    r = _one("Jun  3 10:40:59 mail dovecot: lmtp(9956): Connect from local", clock=JAN_2027)
+    assert (r["program"], r["pid"], r["message"]) == ("dovecot", None, "lmtp(9956): Connect from local")
+
+
+def test_bad_lines_get_reasons():
+    assert _one("garbage")["error"] == NO_PREFIX
+    assert _one("Feb 30 10:00:00 h p[1]: x", clock=JAN_2027)["error"] == BAD_TIME
+    assert _one("Jun  3 10:40:57 mail", clock=JAN_2027)["error"] == NO_MESSAGE
+
+
+def test_lines_from_block_crlf_and_invalid_utf8():
+    arr = lines_from_block(b"a\r\nb\xff c\r\n\r\nlast\n")
+    assert arr.to_pylist() == ["a", "b\ufffd c", "", "last"]
+
+
+def test_iter_line_blocks_carries_partial_lines(tmp_path: Path):
+    f = tmp_path / "log"
+    f.write_bytes(b"".join(b"line %d\n" % i for i in range(1, 101)) + b"no newline at end")
+    got, firsts = [], []
+    for first, lines in iter_line_blocks(Source(f), 64):
+        firsts.append(first)
+        got.extend(lines.to_pylist())
+    assert got == [f"line {i}" for i in range(1, 101)] + ["no newline at end"]
+    assert firsts[0] == 1 and len(firsts) > 5
+
+
+def test_element_is_null_past_the_end():
+    lists = pa.array([["a", "b"], ["c"], None])
+    assert element(lists, 1).to_pylist() == ["b", None, None]
+
+
+def test_rotated_files_ordered_by_first_timestamp(tmp_path: Path):
+    newest = tmp_path / "maillog"
+    newest.write_text("Nov  2 08:00:00 relay01 postfix/qmgr[1]: x\n")
+    older = tmp_path / "maillog.1"
+    older.write_text("Nov  2 00:00:00 relay01 postfix/qmgr[1]: x\n")
+    oldest = tmp_path / "maillog.2.gz"
+    with gzip.open(oldest, "wt") as fh:
+        fh.write("Nov  1 23:00:00 relay01 postfix/qmgr[1]: x\n")
+    stamp = JAN_2027.timestamp()
+    for f in (newest, older, oldest):
+        os.utime(f, (stamp, stamp))
+    ordered = order_by_time([Source(newest), Source(oldest), Source(older)])
+    assert [s.path.name for s in ordered] == ["maillog.2.gz", "maillog.1", "maillog"]
