@@ -400,9 +400,13 @@ class Engine:
         by_cert = cert_conn >= 0
         # An unrecorded certificate only leaves the match open if some connector matches by name.
         cert_unknown = (cert_source == 5) & any(x.tls_sender_certificate_name for x in rc.counted)
+        # An Exchange Online log row with no client IP and no connector is mail that started in
+        # the cloud (message trace leaves FromIP blank for it): it used no inbound connector.
+        cloud_origin = (c["logged_by_exo"] == 1) & ~has_relay_ip & (named_status == 0)
         conn_match = np.select(
-            [named_status == 1, named_status == 3, named_status == 2, by_ip | by_cert, (ip_state == 0) | cert_unknown],
-            [1, 1, 0, 1, 2],
+            [named_status == 1, named_status == 3, named_status == 2, by_ip | by_cert, cloud_origin,
+             (ip_state == 0) | cert_unknown],
+            [1, 1, 0, 1, 0, 2],
             default=0,
         )
         via = np.select(
@@ -657,7 +661,8 @@ def _reason(*, kind, p1_dom, p1_acc, p2_dom, p2_acc, cert_source, cert_state, ce
     conn = _choose(
         [(conn_match == 1) & (via == 3), (conn_match == 1) & (via == 1), (conn_match == 1) & (via == 2), conn_match == 2],
         [_cat("connector ", matched, " named in the log"), _cat("matched connector ", matched, " by IP ", ip_shown),
-         _cat("matched connector ", matched, " by certificate"), _cat("source IP ", ip_shown, " unknown, connector match unknown")],
+         _cat("matched connector ", matched, " by certificate"), pc.if_else(pc.is_valid(ip_text), _cat("source IP ", ip_shown, " is not an IP address, connector match unknown"),
+                    pa.scalar("source IP not known (no relay IP in the log, host not in [[hosts]]), connector match unknown"))],
         _cat("source ", ip_shown, " matches no counted connector"),
     )
     judged = pc.binary_join_element_wise(p1, p2, cert, conn, "; ")

@@ -141,6 +141,8 @@ class Reference:
             cm = named_counted or named_cfg is None  # unknown names count, with a warning
         elif ip_match or cert_match:
             cm = True
+        elif m.get("logged_by_exo") and not m.get("relay_ip"):
+            cm = False  # started in the cloud: message trace has no FromIP for it
         elif not ip_known or (cert_unknown and any(c.tls_sender_certificate_name for c in self.counted)):
             cm = U
         else:

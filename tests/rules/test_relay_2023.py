@@ -246,3 +246,14 @@ def test_relay_pack_needs_an_onpremises_connector():
     cfg = tenant(connectors=[{"name": "Partner", "type": "Partner", "sender_ip_addresses": ["198.51.100.0/24"]}])
     with pytest.raises(ConfigError, match="no enabled OnPremises inbound connector"):
         judge([{"relay_ip": IP, "p1_sender": "<>"}], cfg)
+
+
+def test_exchange_online_row_without_client_ip_started_in_the_cloud():
+    [v] = judge([{"logged_by_exo": True, "p1_sender": "carol@contoso.com"}])
+    assert v["connector_match"] is False and v["impact"] == "not_relayed"
+
+
+def test_reason_when_no_source_ip_is_known():
+    [v] = judge([{"host": "ghost", "p1_sender": "a@contoso.com"}])
+    assert v["impact"] == "unknown"
+    assert "source IP not known (no relay IP in the log, host not in [[hosts]])" in v["reason"]
