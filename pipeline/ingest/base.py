@@ -228,9 +228,10 @@ def _dict(arr: pa.Array) -> pa.Array:
 def make_messages(columns: dict[str, pa.Array | list], length: int | None = None) -> pa.RecordBatch:
     """Build a `messages` batch from whatever columns a format knows.
 
-    - `p1_sender` / `p2_sender` are normalised here (`<>` -> '', angle brackets, display names),
-      unless the format passes `p1_normalised=True`-style already-clean values (it may simply
-      pass clean values: normalising twice is harmless).
+    - `p1_sender` / `p2_sender` are normalised here: `<>` becomes '' (the null sender), an
+      empty or missing value becomes null (unknown), so pass `<>` for the null sender, never '';
+      angle brackets and display names are removed. Normalising twice is harmless.
+    - `null_sender` is derived from p1_sender.
     - `p1_domain`, `p2_domain`, `recipient_domains`, `recipient_count` are derived when absent.
     - Missing columns become null; low-cardinality columns are dictionary-encoded.
     """
@@ -249,6 +250,9 @@ def make_messages(columns: dict[str, pa.Array | list], length: int | None = None
         cols["p1_sender"] = envelope_sender(cols["p1_sender"])
     if "p2_sender" in cols:
         cols["p2_sender"] = header_sender(cols["p2_sender"])
+    if "p1_sender" in cols:
+        # Derived once here so the engine never has to read the high-cardinality p1_sender.
+        cols["null_sender"] = pc.equal(pc.binary_length(cols["p1_sender"]), 0)
     if "p1_domain" not in cols and "p1_sender" in cols:
         cols["p1_domain"] = domain_of(cols["p1_sender"])
     if "p2_domain" not in cols and "p2_sender" in cols:

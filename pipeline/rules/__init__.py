@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import TenantConfig
@@ -23,14 +26,28 @@ def evaluate_table(messages, config: TenantConfig, pack: str | Pack | None = Non
     return pa.Table.from_batches(out, schema=VERDICTS) if out else VERDICTS.empty_table()
 
 
+def _in_threads(fn, batches, workers: int | None = None):
+    """fn over batches on a small thread pool, results in input order, at most 2 per worker in
+    flight (memory stays bounded). Arrow and NumPy kernels release the GIL, so cores add up."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in batches:
+            pending.append(pool.submit(fn, batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def evaluate(workdir: str | Path, config: TenantConfig, pack: str | Pack | None = None, progress=None) -> dict:
     """Stream WORKDIR/messages through the engine into WORKDIR/verdicts (bounded memory)."""
     workdir = Path(workdir)
     files = require_dataset(workdir, "messages", "run `relay-impact ingest LOGS --out WORKDIR` first")
     engine = Engine(config, pack)
     with DatasetWriter(workdir / "verdicts", VERDICTS) as writer:
-        for batch in iter_batches(files):
-            writer.write(engine.evaluate_batch(batch))
+        for verdicts in _in_threads(engine.evaluate_batch, iter_batches(files)):
+            writer.write(verdicts)
             if progress:
                 progress(writer.rows)
     info = {

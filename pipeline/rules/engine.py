@@ -13,6 +13,7 @@ No Python code runs per message; Python loops only over config items (connectors
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -29,6 +30,12 @@ from .domains import first_range_match, ipv4_to_int, longest_suffix_match, match
 from .packs import Pack, evaluate_expression, load_pack
 
 _NULL_STR = pa.scalar(None, pa.string())
+
+# The messages columns the engine reads; everything else is passed through untouched.
+INPUT_COLUMNS = (
+    "null_sender", "p1_domain", "p2_domain", "relay_ip", "tls_cert", "host", "connector",
+    "relay_host", "recipient_domains", "logged_by_exo", "is_ndr",
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -216,6 +223,7 @@ class Engine:
         self.rc = RuleContext.build(config, pack)
         self.cache = _FactCache()
         self.warnings: Counter = Counter()
+        self._warnings_lock = threading.Lock()  # evaluate() runs batches on a thread pool
         self._host_lookup = {h.name.lower(): h for h in config.hosts}
         self._named = {c.name.lower(): c for c in config.connectors}
 
@@ -316,10 +324,22 @@ class Engine:
     # --- one batch --------------------------------------------------------------------------
 
     def evaluate_batch(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        """A messages batch -> the verdicts batch (every messages column passed through)."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], MESSAGES)
         n = batch.num_rows
-        cols = {name: batch.column(name) if name in batch.schema.names else pa.nulls(n, MESSAGES.field(name).type) for name in MESSAGES.names}
+        arrays = []
+        for fld in MESSAGES:
+            arr = batch.column(fld.name) if fld.name in batch.schema.names else pa.nulls(n, fld.type)
+            arrays.append(arr if arr.type == fld.type else arr.cast(fld.type))
+        verdicts = self.verdict_columns(batch)
+        arrays.extend(verdicts[f.name] for f in VERDICTS if f.name not in MESSAGES.names)
+        return pa.RecordBatch.from_arrays(arrays, schema=VERDICTS)
+
+    def verdict_columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """The verdict columns for a batch that holds (some of) INPUT_COLUMNS."""
+        n = batch.num_rows
+        cols = {name: batch.column(name) if name in batch.schema.names else pa.nulls(n, MESSAGES.field(name).type) for name in INPUT_COLUMNS}
 
         facts, codes = {}, {}
         for col, fn in (
@@ -335,7 +355,12 @@ class Engine:
             codes[col], dictionary = _dictionary(cols[col])
             facts[col] = self.cache.get(f"{col}:{fn.__name__}", dictionary, fn)
 
-        codes["p1_kind"] = _p1_kind(cols["p1_sender"], codes["p1_domain"], len(facts["p1_domain"]["values"]))
+        null_sender = cols["null_sender"]
+        if null_sender.null_count == n and "p1_sender" in batch.schema.names:
+            # a table built by hand, without the derived column: derive it here
+            p1 = batch.column("p1_sender")
+            null_sender = pc.equal(pc.binary_length(p1.cast(pa.string()) if pa.types.is_dictionary(p1.type) else p1), 0)
+        codes["p1_kind"] = _p1_kind(null_sender, codes["p1_domain"], len(facts["p1_domain"]["values"]))
         codes["logged_by_exo"] = _bool_code(cols["logged_by_exo"])
         codes["is_ndr"] = _bool_code(cols["is_ndr"])
 
@@ -348,7 +373,7 @@ class Engine:
         weights = np.bincount(inverse, minlength=len(rep))
 
         out = self._judge(combo, facts, weights)
-        return _assemble(batch, cols, out, inverse, self.rc.pack.name)
+        return _broadcast(out, inverse, self.rc.pack.name)
 
     # --- per combo ------------------------------------------------------------------------
 
@@ -477,6 +502,7 @@ class Engine:
         return {
             "p1_accepted": p1_acc, "p2_accepted": p2_acc, "cert_accepted": cert_state.astype(np.int8),
             "connector_match": conn_match.astype(np.int8), "matched_connector": matched_name,
+            "source_ip": ip_text,
             "verdict_old": old, "verdict_new": new, "impact": impact,
             "scenario": pc.if_else(pa.array(scenario >= 0), scen_str, pa.scalar("")),
             "third_party": third_party, "reason": reason, "remedy": remedy,
@@ -493,8 +519,9 @@ class Engine:
                 return
             key = np.zeros(len(mask), dtype=np.int64) if key is None else key
             totals = np.bincount(key[mask], weights=weights[mask])
-            for k in np.flatnonzero(totals):
-                w[label_fn(int(k))] += int(totals[k])
+            with self._warnings_lock:
+                for k in np.flatnonzero(totals):
+                    w[label_fn(int(k))] += int(totals[k])
 
         # Python here runs once per distinct warning combo, never per message.
         named_vals = nf["values"].to_pylist() + [None]
@@ -513,27 +540,24 @@ class Engine:
 # helpers: codes, factorization, three-valued values, impact, scenario, reason, assembly
 
 
-def _p1_kind(p1: pa.Array, p1_domain_codes: np.ndarray, n_dict: int) -> np.ndarray:
+def _p1_kind(null_sender, p1_domain_codes: np.ndarray, n_dict: int) -> np.ndarray:
     """0 unknown, 1 null sender <>, 2 address with a domain, 3 no domain (a bare local user)."""
-    if isinstance(p1, pa.ChunkedArray):
-        p1 = p1.combine_chunks()
-    if pa.types.is_dictionary(p1.type):
-        p1 = p1.cast(pa.string())
-    if not pa.types.is_string(p1.type):
-        p1 = p1.cast(pa.string())
-    valid = _validity(p1)
-    offsets = np.frombuffer(p1.buffers()[1], dtype=np.int32, count=len(p1) + 1 + p1.offset)[p1.offset:]
-    empty = np.diff(offsets) == 0  # '' is the null sender; read lengths off the offsets
+    code = _bool_code(null_sender)  # 0 address, 1 null sender, 3 P1 unknown
     has_dom = p1_domain_codes < n_dict
-    return np.select([~valid, empty, has_dom], [0, 1, 2], default=3).astype(np.int64)
+    return np.select([code == 3, code == 1, has_dom], [0, 1, 2], default=3).astype(np.int8)
 
 
 def _bool_code(col) -> np.ndarray:
-    """false 0, true 1, null 3 (codes for factorization)."""
+    """false 0, true 1, null 3 (codes for factorization), read off the bitmaps."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
+    n = len(col)
+    if col.null_count == n:
+        return np.full(n, 3, dtype=np.int8)
     col = col.cast(pa.bool_())
-    return pc.fill_null(col.cast(pa.int64()), 3).to_numpy()
+    bits = np.unpackbits(np.frombuffer(col.buffers()[1], dtype=np.uint8), bitorder="little")
+    values = bits[col.offset : col.offset + n].astype(np.int8)
+    return np.where(_validity(col), values, np.int8(3)) if col.null_count else values
 
 
 def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -702,16 +726,17 @@ def _bool_from_codes(codes: np.ndarray, inverse: np.ndarray) -> pa.Array:
     return pa.BooleanArray.from_buffers(pa.bool_(), len(row), [validity, data])
 
 
-def _assemble(batch, cols, out, inverse, pack_name) -> pa.RecordBatch:
-    arrays = [cols[name] for name in MESSAGES.names]
+def _broadcast(out: dict, inverse: np.ndarray, pack_name: str) -> dict[str, pa.Array]:
+    """Per-combo results -> row columns, one integer gather each."""
     n = len(inverse)
-    extra = {
+    return {
         "rule_pack": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([pack_name])),
         "p1_accepted": _bool_from_codes(out["p1_accepted"], inverse),
         "p2_accepted": _bool_from_codes(out["p2_accepted"], inverse),
         "cert_accepted": _bool_from_codes(out["cert_accepted"], inverse),
         "connector_match": _bool_from_codes(out["connector_match"], inverse),
         "matched_connector": _dict_from_strings(out["matched_connector"], inverse),
+        "source_ip": _dict_from_strings(out["source_ip"], inverse),
         "verdict_old": _dict_from_codes(out["verdict_old"], VERDICT_VALUES, inverse),
         "verdict_new": _dict_from_codes(out["verdict_new"], VERDICT_VALUES, inverse),
         "impact": _dict_from_codes(out["impact"], IMPACTS, inverse),
@@ -720,14 +745,6 @@ def _assemble(batch, cols, out, inverse, pack_name) -> pa.RecordBatch:
         "reason": _dict_from_strings(out["reason"], inverse),
         "remedy": _dict_from_strings(out["remedy"], inverse),
     }
-    for name in VERDICTS.names[len(MESSAGES.names):]:
-        arrays.append(extra[name])
-    fixed = []
-    for arr, fld in zip(arrays, VERDICTS, strict=True):
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        fixed.append(arr if arr.type == fld.type else arr.cast(fld.type))
-    return pa.RecordBatch.from_arrays(fixed, schema=VERDICTS)
 
 
 __all__ = ["Engine", "RuleContext", "DICT"]
