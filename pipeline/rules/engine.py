@@ -189,7 +189,7 @@ def _validity(arr: pa.Array) -> np.ndarray:
     if bitmap is None:
         return np.ones(len(arr), dtype=bool)
     bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
-    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
+    return bits[arr.offset : arr.offset + len(arr)].view(bool)
 
 
 def _with_null(values: np.ndarray, null_value) -> np.ndarray:
@@ -581,7 +581,7 @@ def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndar
     return inverse, rep
 
 
-_TABLE_LIMIT = 1 << 24
+_TABLE_LIMIT = 1 << 20  # lookup tables stay in cache; past this the key is densified first
 
 
 def _densify(key: np.ndarray, span: int | None = None) -> tuple[np.ndarray, int]:
@@ -590,7 +590,7 @@ def _densify(key: np.ndarray, span: int | None = None) -> tuple[np.ndarray, int]
         present = np.zeros(span, dtype=bool)
         present[key] = True
         uniq = np.flatnonzero(present)
-        remap = np.empty(span, dtype=np.int64)
+        remap = np.empty(span, dtype=np.int32)
         remap[uniq] = np.arange(len(uniq))
         return remap[key], len(uniq)
     inverse, uniq = pd.factorize(key, sort=False)  # hashing: O(n), unlike a sort
@@ -712,9 +712,9 @@ def _dict_from_strings(per_combo: pa.Array, inverse: np.ndarray) -> pa.Dictionar
     enc = pc.dictionary_encode(per_combo)
     codes = pc.fill_null(enc.indices.cast(pa.int32()), -1).to_numpy()
     idx = codes[inverse]
-    if (codes < 0).any():
-        return pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), enc.dictionary)
-    return pa.DictionaryArray.from_arrays(pa.array(idx), enc.dictionary)
+    validity = pa.py_buffer(np.packbits(idx >= 0, bitorder="little")) if (codes < 0).any() else None
+    indices = pa.Array.from_buffers(pa.int32(), len(idx), [validity, pa.py_buffer(idx)])
+    return pa.DictionaryArray.from_arrays(indices, enc.dictionary)
 
 
 def _bool_from_codes(codes: np.ndarray, inverse: np.ndarray) -> pa.Array:
