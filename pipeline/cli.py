@@ -20,7 +20,7 @@ from .ingest import registry
 from .ingest.base import IngestOptions
 from .report import report as lib_report
 from .report import terminal_summary
-from .rules import RuleContext, pack_names
+from .rules import RuleContext, load_pack, pack_names
 from .rules import evaluate as lib_evaluate
 from .schema import IMPACTS
 
@@ -45,7 +45,7 @@ TzOpt = Annotated[str | None, typer.Option("--tz", help="Time zone of logs writt
 YearOpt = Annotated[int | None, typer.Option("--year", help="Year of RFC 3164 syslog timestamps (default: from the file's modification time).")]
 DayfirstOpt = Annotated[bool | None, typer.Option("--dayfirst/--monthfirst", help="Culture of dates in PowerShell CSV exports (05.09.2026 vs 9/5/2026).", show_default=False)]
 DateFmtOpt = Annotated[str | None, typer.Option("--date-format", help="Exact strptime format of dates in PowerShell CSV exports.")]
-PackOpt = Annotated[str | None, typer.Option("--pack", help="Rule pack (default: rules.pack of the config, else relay-2023).")]
+PackOpt = Annotated[str | None, typer.Option("--pack", help="Rule pack: relay-2023, direct-send-2025, or a pack file (*.toml). Default: rules.pack of the config.")]
 FailOnOpt = Annotated[str | None, typer.Option("--fail-on", help="Comma-separated impacts (e.g. newly_rejected,possibly_rejected): exit 3 when any message has one.")]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="Report only messages from this date (2026-11-01) or age (7d, 24h) on.")]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Report only messages before this date or age.")]
@@ -114,7 +114,9 @@ def _alert(summary: dict, wanted: list[str], quiet: bool) -> None:
 def _load_config(path: Path, pack: str | None):
     cfg = _guard(lambda: config_mod.load_config(path))
     if pack and pack not in pack_names():
-        _fail(f"--pack {pack!r}: expected one of: {', '.join(pack_names())}")
+        if not pack.endswith(".toml"):
+            _fail(f"--pack {pack!r}: expected one of: {', '.join(pack_names())}, or a pack file (*.toml)")
+        _guard(lambda: load_pack(pack))
     return cfg
 
 

@@ -407,7 +407,7 @@ def config_from_dict(data: dict, where: str = "<config>", base: Path | None = No
         t.strip().lower()
         for t in _as_str_list(relay.get("targets", ["*.mail.protection.outlook.com"]), f"{where}: [relay]", "targets")
     )
-    rules = _rules(data.get("rules", {}), f"{where}: [rules]")
+    rules = _rules(data.get("rules", {}), f"{where}: [rules]", base)
     third = tuple(
         _third_party(t, f"{where}: [[third_parties]] #{i}")
         for i, t in enumerate(_tables(data, "third_parties", where), 1)
@@ -490,13 +490,19 @@ def _host(table: dict, where: str, warnings: list[str]) -> Host:
     return Host(name, egress, certs, logs)
 
 
-def _rules(table: Any, where: str) -> Rules:
+def _rules(table: Any, where: str, base: Path) -> Rules:
     _expect(isinstance(table, dict), where, "[rules]", "a table")
     _check_keys(table, _RULE_KEYS, where)
-    from .rules.packs import pack_names  # the packs are data files; list what ships
+    from .rules.packs import load_pack, pack_names  # the packs are data files
 
     pack = str(table.get("pack", "relay-2023"))
-    _expect(pack in pack_names(), where, "pack", " or ".join(f'"{p}"' for p in pack_names()), pack)
+    if pack.endswith(".toml"):  # a pack file of your own, relative to the config file
+        path = Path(pack) if Path(pack).is_absolute() else base / pack
+        load_pack(str(path))  # validate now: a bad pack is a config error
+        pack = str(path)
+    else:
+        expected = " or ".join(f'"{p}"' for p in pack_names()) + ", or a pack file (*.toml)"
+        _expect(pack in pack_names(), where, "pack", expected, pack)
     cert_names = str(table.get("cert_names", "cn+san"))
     _expect(cert_names in CERT_NAMES, where, "cert_names", '"cn+san" or "cn"', cert_names)
     parent = str(table.get("cert_parent_domain", "unknown"))

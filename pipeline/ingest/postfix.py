@@ -48,10 +48,11 @@ from .base import IngestContext, Source, decode_head, make_messages
 from .syslog import (
     element,
     file_clock,
-    iter_line_blocks,
+    iter_raw_blocks,
     last_element,
     order_by_time,
-    parse_prefix,
+    parse_prefix_raw,
+    raw_lines,
 )
 
 NAME = "postfix"
@@ -158,12 +159,70 @@ def _sub(arr: pa.Array, idx: np.ndarray) -> pa.Array:
 
 def _reply_text(reply: pa.Array) -> pa.Array:
     """'host x[ip] said: 550 5.7.64 ... (in reply to RCPT TO command)' -> '550 5.7.64 ...'."""
-    said = pc.fill_null(pc.match_substring(reply, " said: "), False)
-    if pc.any(said).as_py():
-        inner = pc.replace_substring_regex(reply, r"^.*? said: ", "")
+    said = _mask(pc.match_substring(reply, " said: "))
+    if said.any():
+        inner = element(pc.split_pattern(reply.filter(pa.array(said)), " said: ", max_splits=1), 1)
         inner = pc.replace_substring_regex(inner, r" \(in reply to [^()]*\)$", "")
-        reply = pc.if_else(said, inner, reply)
+        reply = _put(reply, said, inner)
     return reply
+
+
+def _put(arr: pa.Array, mask: np.ndarray, values: pa.Array) -> pa.Array:
+    """arr with the rows where mask is true replaced by values (in order)."""
+    idx = np.flatnonzero(mask)
+    full = np.zeros(len(arr), dtype=np.int64)
+    full[idx] = np.arange(len(idx))
+    return pc.if_else(pa.array(mask), values.cast(arr.type).take(pa.array(full)), arr)
+
+
+def _header_fields(s: pa.Array) -> dict:
+    """header_checks INFO/WARN lines (cleanup(8), header_checks(5)):
+    'info: header From: App <a@contoso.com> from app01[203.0.113.50]; from=<p1> to=<r> proto=ESMTP'
+    -> name, value, p1, to (to is '' when absent) and valid. Splits instead of one regex with
+    a greedy '.*': the value is what lies before the last ' from CLIENT; from=<'."""
+    around = pc.split_pattern(s, "; from=<", max_splits=1, reverse=True)
+    before, after = element(around, 0), element(around, 1)
+    three = pc.split_pattern(before, ": ", max_splits=2)
+    name = pc.utf8_slice_codeunits(element(three, 1), 7)  # 'header From' -> 'From'
+    value_client = pc.split_pattern(element(three, 2), " from ", max_splits=1, reverse=True)
+    value, client = element(value_client, 0), element(value_client, 1)
+    p1_rest = pc.split_pattern(after, ">", max_splits=1)
+    p1, rest = element(p1_rest, 0), element(p1_rest, 1)
+    has_to = _mask(pc.starts_with(rest, " to=<"))
+    to_parts = pc.split_pattern(pc.utf8_slice_codeunits(rest, 5), ">", max_splits=1)
+    to = pc.if_else(
+        pa.array(has_to & _mask(pc.is_valid(element(to_parts, 1)))), element(to_parts, 0), ""
+    )
+    valid = _mask(pc.is_valid(rest)) & _mask(pc.invert(pc.match_substring(client, ";")))
+    return {"valid": valid, "name": name, "value": value, "p1": p1, "to": to}
+
+
+def _delivery_fields(s: pa.Array) -> dict:
+    """Delivery agent lines (smtp(8), lmtp, local, virtual, pipe, error):
+    'to=<r>, [orig_to=<o>, ]relay=host[ip]:25, delay=.., delays=.., dsn=x.y.z, status=sent (reply)'
+    -> to, relay, status, reply and valid, with splits on ', ' rather than one big regex."""
+    head_tail = pc.split_pattern(s, ", status=", max_splits=1)
+    head, tail = element(head_tail, 0), element(head_tail, 1)
+    fields = pc.split_pattern(head, ", ", max_splits=3)
+    f0, f1, f2 = element(fields, 0), element(fields, 1), element(fields, 2)
+    to = pc.utf8_slice_codeunits(f0, 3)
+    to = pc.if_else(pc.starts_with(to, "<"), pc.utf8_slice_codeunits(to, 1), to)
+    to = pc.if_else(pc.ends_with(to, ">"), pc.utf8_slice_codeunits(to, 0, -1), to)
+    relay_field = pc.if_else(pc.starts_with(f1, "orig_to="), f2, f1)
+    relay = pc.utf8_slice_codeunits(relay_field, 6)
+    st_reply = pc.split_pattern(tail, " ", max_splits=1)
+    status, after = element(st_reply, 0), element(st_reply, 1)
+    reply = pc.utf8_slice_codeunits(after, 1)
+    reply = pc.if_else(pc.ends_with(reply, ")"), pc.utf8_slice_codeunits(reply, 0, -1), reply)
+    valid = (
+        _starts(f0, "to=")
+        & ~_mask(pc.match_substring_regex(to, "[>,]"))
+        & _starts(relay_field, "relay=")
+        & ~_mask(pc.match_substring(relay, ","))
+        & _mask(pc.match_substring_regex(status, "^[A-Za-z-]+$"))
+        & (~_mask(pc.is_valid(after)) | _starts(after, "("))
+    )
+    return {"valid": valid, "to": to, "relay": relay, "status": status, "reply": pc.fill_null(reply, "")}
 
 
 def _host_of_relay(relay: pa.Array) -> pa.Array:
@@ -172,18 +231,26 @@ def _host_of_relay(relay: pa.Array) -> pa.Array:
 
 
 def parse_block(
-    lines: pa.Array, first_line: int, file_idx: int, seq0: int, clock, year, tz
+    block: bytes, first_line: int, file_idx: int, seq0: int, clock, year, tz
 ) -> Block:
-    """Classify and read one block of lines (runs on the thread pool)."""
-    n = len(lines)
+    """Classify and read one block of whole lines (runs on the thread pool).
+
+    Fields are found as byte offsets into the block (see syslog.RawLines); only the parts of
+    the lines a record kind needs are turned into Arrow strings."""
+    raw = raw_lines(block)
+    n = len(raw)
     line_no = np.arange(first_line, first_line + n, dtype=np.int64)
     skipped: Counter = Counter()
-    p = parse_prefix(lines, year=year, clock=clock, tz=tz)
-    ok = _mask(p.ok)
+    p = parse_prefix_raw(raw, year=year, clock=clock, tz=tz)
+    ok = p.ok
     rejects_idx: list[np.ndarray] = []
     rejects_reason: list[pa.Array] = []
 
-    blank = _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0))
+    blank = np.zeros(n, dtype=bool)
+    not_ok = np.flatnonzero(~ok)
+    if len(not_ok):  # a blank line never has a syslog prefix
+        text = raw.lines(not_ok)
+        blank[not_ok] = _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
     skipped[SKIP_BLANK] += int(blank.sum())
     bad = ~ok & ~blank
     if bad.any():
@@ -191,28 +258,44 @@ def parse_block(
         rejects_idx.append(idx)
         rejects_reason.append(_sub(p.error, idx))
 
-    is_pf = ok & _starts(p.program, "postfix")
-    # A tag like 'postfix-script' is Postfix's shell script, not a daemon: no '/' in it.
-    is_pf &= _mask(pc.match_substring(p.program, "/"))
+    # Classify by program on the (few) distinct tags, not on every line.
+    programs = p.program.dictionary_encode()
+    tags = programs.dictionary
+    tag_idx = pc.fill_null(programs.indices, 0).to_numpy(zero_copy_only=False)
+    if len(tags):
+        # A tag like 'postfix-script' is Postfix's shell script, not a daemon: no '/' in it.
+        tag_pf = _starts(tags, "postfix") & _mask(pc.match_substring(tags, "/"))
+        is_pf = ok & tag_pf[tag_idx]
+    else:
+        is_pf = np.zeros(n, dtype=bool)
     skipped[SKIP_OTHER_PROGRAM] += int((ok & ~is_pf).sum())
 
     pf = np.flatnonzero(is_pf)
-    prog_parts = pc.split_pattern(_sub(p.program, pf), "/")
-    inst = element(prog_parts, 0)
-    daemon = last_element(prog_parts)
-    msg = _sub(p.message, pf)
-    two = pc.split_pattern(msg, ": ", max_splits=1)
-    first = element(two, 0)
-    rest = element(two, 1)
-    has_rest = _mask(pc.is_valid(rest))
-    is_qid = has_rest & _mask(pc.match_substring_regex(first, _QUEUE_ID))
-    is_noq = has_rest & _mask(pc.equal(first, "NOQUEUE"))
+    tag_parts = pc.split_pattern(tags, "/")
+    pf_tags = pa.array(tag_idx[pf])
+    inst = element(tag_parts, 0).take(pf_tags)
+    daemon = last_element(tag_parts).take(pf_tags)
+
+    # 'QUEUEID: rest' / 'NOQUEUE: rest': the first word ends with ':' (the first ': ').
+    m0 = p.msg_start[pf]
+    e = raw.ends[pf]
+    spaces = raw.spaces()
+    # The first space at or after the message start (a space of a later line fails sp < e).
+    sp = spaces[np.minimum(np.searchsorted(spaces, m0), len(spaces) - 1)] if len(spaces) else e
+    has_colon = (sp < e) & (sp > m0)
+    has_colon &= raw.buf[np.maximum(sp - 1, 0)] == 58
+    cand = np.flatnonzero(has_colon)
+    first_word = raw.slices(m0[cand], sp[cand] - 1)
+    is_qid = np.zeros(len(pf), dtype=bool)
+    is_noq = np.zeros(len(pf), dtype=bool)
+    is_qid[cand] = _mask(pc.match_substring_regex(first_word, _QUEUE_ID))
+    is_noq[cand] = _mask(pc.equal(first_word, "NOQUEUE"))
 
     # ---- lines without a queue id: daemon noise, counted by kind ---------------------------
     other = ~is_qid & ~is_noq
     if other.any():
         o = np.flatnonzero(other)
-        m = _sub(msg, o)
+        m = raw.slices(m0[o], e[o])
         d = _sub(daemon, o)
         conn = (
             _starts(m, "connect ")
@@ -247,7 +330,7 @@ def parse_block(
 
     # ---- queue-id lines --------------------------------------------------------------------
     q = np.flatnonzero(is_qid)
-    qrest = _sub(rest, q)
+    qrest = raw.slices(sp[q] + 1, e[q])
     qd = _sub(daemon, q)
     kind = np.zeros(len(q), dtype=np.int8)
     kind[_starts(qrest, "client=")] = CLIENT
@@ -269,7 +352,7 @@ def parse_block(
 
     # ---- NOQUEUE lines ---------------------------------------------------------------------
     nq = np.flatnonzero(is_noq)
-    nrest = _sub(rest, nq)
+    nrest = raw.slices(sp[nq] + 1, e[nq])
     n_rej = (
         _starts(nrest, "reject: ")
         | _starts(nrest, "milter-reject: ")
@@ -318,14 +401,10 @@ def parse_block(
         fill("message_id", m, mid)
     m, s = subset(HEADER)
     if m.any():
-        h = pc.extract_regex(
-            s,
-            r"^[a-z_-]+: header (?P<name>[A-Za-z0-9-]+): (?P<value>.*) from [^;]*?; "
-            r"from=<(?P<p1>[^>]*)>(?: to=<(?P<to>[^>]*)>)?",
-        )
-        valid = _mask(pc.is_valid(h))
-        name = pc.utf8_lower(h.field("name"))
-        value = h.field("value")
+        h = _header_fields(s)
+        valid = h["valid"]
+        name = pc.utf8_lower(h["name"])
+        value = h["value"]
         is_from = valid & _mask(pc.equal(name, "from"))
         is_sender = valid & _mask(pc.equal(name, "sender"))
         is_subject = valid & _mask(pc.equal(name, "subject"))
@@ -335,8 +414,8 @@ def parse_block(
         fill("p2_from", m, pc.if_else(pa.array(is_from), value, _NULL))
         fill("p2_sender", m, pc.if_else(pa.array(is_sender), value, _NULL))
         fill("subject", m, pc.if_else(pa.array(is_subject), value, _NULL))
-        fill("p1_other", m, pc.if_else(pa.array(used), h.field("p1"), _NULL))
-        fill("rcpt_other", m, pc.if_else(pa.array(used), h.field("to"), _NULL))
+        fill("p1_other", m, pc.if_else(pa.array(used), h["p1"], _NULL))
+        fill("rcpt_other", m, pc.if_else(pa.array(used), h["to"], _NULL))
         sub_unused = np.zeros(ne, dtype=bool)
         sub_unused[np.flatnonzero(m)[~used]] = True
         unused |= sub_unused
@@ -355,23 +434,21 @@ def parse_block(
         broken.append((np.flatnonzero(m)[~valid], REJECT_QMGR))
     m, s = subset(DELIVERY)
     if m.any():
-        d = pc.extract_regex(
-            s,
-            r"^to=<?(?P<to>[^>,]*)>?, (?:orig_to=<?[^>,]*>?, )?relay=(?P<relay>[^,]*), "
-            r"(?:.*?, )?status=(?P<status>[A-Za-z-]+)(?: \((?P<reply>.*?)\)?)?$",
-        )
-        valid = _mask(pc.is_valid(d))
+        d = _delivery_fields(s)
+        valid = d["valid"]
         vm = pa.array(valid)
-        fill("rcpt_delivered", m, pc.if_else(vm, d.field("to"), _NULL))
-        relay = _host_of_relay(d.field("relay"))
+        fill("rcpt_delivered", m, pc.if_else(vm, d["to"], _NULL))
+        relay = _host_of_relay(d["relay"])
         # relay=none (no connection made): the host it tried is named in the reply, e.g.
         # 'connect to contoso-com.mail.protection.outlook.com[198.51.100.201]:25: Connection
         # timed out'. That host is the next hop the message was meant for.
-        tried = extract(d.field("reply"), r"(?:connect to|host|with) (?P<h>[A-Za-z0-9.-]+)\[")
-        relay = pc.if_else(pc.fill_null(pc.equal(relay, "none"), False), pc.coalesce(tried, relay), relay)
+        none = _mask(pc.equal(relay, "none"))
+        if none.any():
+            tried = extract(d["reply"].filter(pa.array(none)), r"(?:connect to|host|with) (?P<h>[A-Za-z0-9.-]+)\[")
+            relay = _put(relay, none, pc.coalesce(tried, relay.filter(pa.array(none))))
         fill("relay_host", m, pc.if_else(vm, relay, _NULL))
-        fill("status", m, pc.if_else(vm, d.field("status"), _NULL))
-        reply = pc.if_else(vm, d.field("reply"), _NULL)
+        fill("status", m, pc.if_else(vm, d["status"], _NULL))
+        reply = pc.if_else(vm, d["reply"], _NULL)
         fill("response", m, _reply_text(pc.if_else(pc.equal(reply, ""), _NULL, reply)))
         broken.append((np.flatnonzero(m)[~valid], REJECT_DELIVERY))
     m, s = subset(REJECT)
@@ -406,7 +483,7 @@ def parse_block(
     keep = ~drop
     pos = pf[ev_pos]  # line index within the block
     qid_col = pa.concat_arrays(
-        [_sub(first, q).cast(_STR), pa.nulls(int(n_keep.sum()), _STR)]
+        [raw.slices(m0[q], sp[q] - 1), pa.nulls(int(n_keep.sum()), _STR)]
     )
     if qid_override is not None:
         bq, ndr_qid = qid_override
@@ -435,7 +512,7 @@ def parse_block(
     if rejects_idx:
         idx = np.concatenate(rejects_idx)
         reasons = pa.concat_arrays([r.cast(_STR) for r in rejects_reason])
-        rejects = (line_no[idx].tolist(), reasons, _sub(lines, idx))
+        rejects = (line_no[idx].tolist(), reasons, raw.lines(idx))
     return Block(file_idx, n, events, noqueue, skipped, rejects)
 
 
@@ -694,9 +771,9 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
         for fi, src in enumerate(ordered):
             clock = file_clock(src)
             ctx.lines_read(src.name, NAME, 0)  # the file is listed even when empty
-            for first_line, lines in iter_line_blocks(src, block_bytes):
-                yield pool.submit(parse_block, lines, first_line, fi, seq0, clock, opts.year, opts.tz)
-                seq0 += len(lines)
+            for first_line, block, count in iter_raw_blocks(src, block_bytes):
+                yield pool.submit(parse_block, block, first_line, fi, seq0, clock, opts.year, opts.tz)
+                seq0 += count
 
     def emit(msgs: pa.Table | None, ev_files: np.ndarray) -> Iterator[pa.RecordBatch]:
         if msgs is not None and len(msgs):

@@ -157,14 +157,17 @@ _PACK_KEYS = {
 def load_pack(name_or_path: str) -> Pack:
     """A shipped pack by name (`relay-2023`) or any pack file by path."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix != ".toml":
         path = PACK_DIR / f"{name_or_path}.toml"
     where = str(path)
     if not path.is_file():
         raise ConfigError(
-            f"rule pack {name_or_path!r} not found; expected one of: {', '.join(pack_names())}"
+            f"rule pack {name_or_path!r} not found; expected one of: {', '.join(pack_names())}, or a pack file"
         )
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc})") from None
     unknown = set(data) - _PACK_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")

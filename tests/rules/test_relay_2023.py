@@ -257,3 +257,24 @@ def test_reason_when_no_source_ip_is_known():
     [v] = judge([{"host": "ghost", "p1_sender": "a@contoso.com"}])
     assert v["impact"] == "unknown"
     assert "source IP not known (no relay IP in the log, host not in [[hosts]])" in v["reason"]
+
+
+def test_a_new_pack_is_data_only(test_data):
+    """A pack file of one's own runs on the same engine (relay-rules: packs are versioned data)."""
+    pack = str(test_data / "packs" / "certificate-only.toml")
+    cfg = tenant(accepted_domains=["contoso.com", "mail.contoso.com"])
+    app, certified = judge([
+        {"relay_ip": IP, "p1_sender": "app@contoso.com"},
+        {"relay_ip": IP, "p1_sender": "app@contoso.com", "tls_cert": "mail.contoso.com"},
+    ], cfg, pack)
+    assert (app["verdict_old"], app["verdict_new"], app["impact"], app["scenario"]) == (
+        "accept", "reject", "newly_rejected", "no_certificate")
+    assert app["rule_pack"] == "certificate-only"
+    assert certified["impact"] == "unaffected"
+
+
+def test_pack_with_unknown_condition_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nold = "true"\nnew = "p3_accepted"\n')
+    with pytest.raises(ConfigError, match="unknown condition 'p3_accepted'"):
+        judge([{"relay_ip": IP, "p1_sender": "<>"}], tenant(), str(bad))
