@@ -173,6 +173,9 @@ def ingest(
             f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed; "
             f"{summary['messages']} messages in the WORKDIR"
         )
+        for name, why in summary["this_run"]["files_skipped"].items():
+            if why.startswith("not read"):
+                typer.echo(f"skipped {name}: {why}")
         typer.echo(f"messages: {out / 'messages'}")
 
 

@@ -122,3 +122,19 @@ def test_name_reused_after_rotation_then_grown(tmp_path):
     files = pq.read_table(w / "messages").column("source_file").cast("string").to_pylist()
     assert sorted(files) == sorted([str(logs / "maillog.1.csv")] * 2 + [str(logs / "maillog.csv")] * 2)
     assert summary["totals"]["lines"] == 3 + 3
+
+
+def test_unrecognised_file_in_a_folder_is_listed_not_fatal(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.csv").write_text(HEADER + _row(1))
+    (logs / "notes.txt").write_text("remember to renew the certificate\n")
+    summary = ingest([logs], tmp_path / "w")
+    assert _count(tmp_path / "w") == 1
+    why = summary["this_run"]["files_skipped"][str(logs / "notes.txt")]
+    assert why.startswith("not read: not a log format relay-impact recognises")
+    # Named on the command line, the same file is an error.
+    from pipeline.errors import InputFormatError
+
+    with pytest.raises(InputFormatError, match="notes.txt: not a log format"):
+        ingest([logs / "notes.txt"], tmp_path / "w2")

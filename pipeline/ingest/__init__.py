@@ -103,18 +103,19 @@ def expand_inputs(
                 raise InputFormatError(f"{item}: no such file or folder")
             paths = [p]
         for p in paths:
-            if p.is_dir():
+            walked = p.is_dir()
+            if walked:
                 files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
             else:
                 files = [p]
             for f in files:
-                if f.name in ("tenant.toml",) or f.suffix.lower() in (".toml", ".md"):
-                    continue  # a config or README next to the logs is not a log
+                if walked and f.suffix.lower() in (".toml", ".md", ".json"):
+                    continue  # a config, README or export next to the logs is not a log
                 h = host or _host_for(f, host_globs or {})
                 if f.suffix.lower() == ".zip":
                     sources.extend(_zip_members(f, h))
                 else:
-                    sources.append(Source(f, host=h))
+                    sources.append(Source(f, host=h, in_folder=walked))
     return sources
 
 
@@ -136,7 +137,7 @@ def _zip_members(path: Path, host: str | None) -> list[Source]:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
     except (OSError, zipfile.BadZipFile) as exc:
         raise InputFormatError(f"{path}: not a readable .zip archive ({exc})") from exc
-    return [Source(path, member=n, host=host) for n in sorted(names)]
+    return [Source(path, member=n, host=host, in_folder=True) for n in sorted(names)]
 
 
 def ingest(
@@ -166,9 +167,23 @@ def ingest(
         manifest.files = {}
     plan = manifest.plan(sources)
     groups: dict[str, tuple[ModuleType, list[Source]]] = {}
+    unrecognised: dict[str, str] = {}
     for src in plan.to_read:
-        module = resolve_format(src, fmt)
+        try:
+            module = resolve_format(src, fmt)
+        except InputFormatError as exc:
+            if not src.in_folder:
+                raise  # a file the user named must be readable: one clear error
+            # Other files in a log folder (auth.log, a PDF) are listed, not fatal.
+            unrecognised[src.name] = str(exc).split(": ", 1)[-1]
+            continue
         groups.setdefault(module.NAME, (module, []))[1].append(src)
+    plan.to_read = [s for s in plan.to_read if s.name not in unrecognised]
+    if not groups and unrecognised and not plan.skipped:
+        raise InputFormatError(
+            f"no recognised mail log among {len(unrecognised)} files, e.g. "
+            + "; ".join(f"{k}: {v}" for k, v in list(unrecognised.items())[:3])
+        )
 
     previous = {} if fresh else read_json(workdir / "ingest.json").get("files", {})
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique part names
@@ -204,7 +219,7 @@ def ingest(
     summary["messages"] = messages.rows
     summary["this_run"] = {
         "files_read": [s.name for s in plan.to_read],
-        "files_skipped": plan.skipped,
+        "files_skipped": {**plan.skipped, **{k: f"not read: {v}" for k, v in unrecognised.items()}},
         "totals": ctx.accounting.totals(),
     }
     summary["formats"] = {name: [s.name for s in files] for name, (_m, files) in groups.items()}

@@ -49,6 +49,7 @@ class Source:
     path: Path
     member: str | None = None  # name inside a .zip
     host: str | None = None  # from --host or a [[hosts]] logs glob
+    in_folder: bool = False  # found by walking a folder (or archive), not named by the user
 
     @property
     def name(self) -> str:
