@@ -566,15 +566,22 @@ def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndar
     n = len(code_arrays[0]) if code_arrays else 0
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    key = np.zeros(n, dtype=np.int64)
+    key = None
     span = 1
     for codes, size in zip(code_arrays, sizes, strict=True):
         if size == 1:
             continue
+        if key is None:
+            key = codes.astype(np.int64)
+            span = size
+            continue
         if span * size > _TABLE_LIMIT:
             key, span = _densify(key, span)
-        key = key * size + codes
+        key *= size  # in place: no temporaries per column
+        key += codes
         span *= size
+    if key is None:
+        key = np.zeros(n, dtype=np.int64)
     inverse, m = _densify(key, span)
     rep = np.empty(m, dtype=np.int64)
     rep[inverse] = np.arange(n, dtype=np.int64)
@@ -717,13 +724,20 @@ def _dict_from_strings(per_combo: pa.Array, inverse: np.ndarray) -> pa.Dictionar
     return pa.DictionaryArray.from_arrays(indices, enc.dictionary)
 
 
-def _bool_from_codes(codes: np.ndarray, inverse: np.ndarray) -> pa.Array:
-    """Per-combo 0/1/2 codes -> a nullable boolean row column, bit-packed directly."""
-    row = codes.astype(np.int8)[inverse]
-    data = pa.py_buffer(np.packbits(row == 1, bitorder="little"))
-    unknown = row == 2
-    validity = pa.py_buffer(np.packbits(~unknown, bitorder="little")) if unknown.any() else None
-    return pa.BooleanArray.from_buffers(pa.bool_(), len(row), [validity, data])
+def _bools_from_codes(columns: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str, pa.Array]:
+    """Several per-combo 0/1/2 columns -> nullable boolean row columns with ONE gather: each
+    combo's values and validities are packed into the bits of a byte first."""
+    flags = np.zeros(len(next(iter(columns.values()))), dtype=np.uint8)
+    for i, codes in enumerate(columns.values()):
+        flags |= ((codes == 1).astype(np.uint8) << (2 * i)) | ((codes != 2).astype(np.uint8) << (2 * i + 1))
+    rows = flags[inverse]
+    out = {}
+    for i, name in enumerate(columns):
+        data = pa.py_buffer(np.packbits((rows >> (2 * i)) & 1, bitorder="little"))
+        valid = (rows >> (2 * i + 1)) & 1
+        validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        out[name] = pa.BooleanArray.from_buffers(pa.bool_(), len(rows), [validity, data])
+    return out
 
 
 def _broadcast(out: dict, inverse: np.ndarray, pack_name: str) -> dict[str, pa.Array]:
@@ -731,10 +745,7 @@ def _broadcast(out: dict, inverse: np.ndarray, pack_name: str) -> dict[str, pa.A
     n = len(inverse)
     return {
         "rule_pack": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([pack_name])),
-        "p1_accepted": _bool_from_codes(out["p1_accepted"], inverse),
-        "p2_accepted": _bool_from_codes(out["p2_accepted"], inverse),
-        "cert_accepted": _bool_from_codes(out["cert_accepted"], inverse),
-        "connector_match": _bool_from_codes(out["connector_match"], inverse),
+        **_bools_from_codes({k: out[k] for k in ("p1_accepted", "p2_accepted", "cert_accepted", "connector_match")}, inverse),
         "matched_connector": _dict_from_strings(out["matched_connector"], inverse),
         "source_ip": _dict_from_strings(out["source_ip"], inverse),
         "verdict_old": _dict_from_codes(out["verdict_old"], VERDICT_VALUES, inverse),
