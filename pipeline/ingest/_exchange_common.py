@@ -9,11 +9,16 @@ a `#Fields:` line, then comma-separated rows with CSV quoting. Message tracking 
     #Fields: date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,event,data,context
     2026-11-02T08:15:02.114Z,Outbound to Office 365 - 6f1d...,08DE1A2B3C4D5E01,0,,52.101.194.18:25,+,,
 
-`iter_blocks` streams such a file in blocks of `chunk_bytes`: the block is cut at a line end that
-is also a record end (quotes balanced, so a quoted value may hold a newline), header lines are
-found with numpy on the raw bytes, and each run of data lines is parsed by pyarrow's CSV reader
-with every column as a string. Each parsed row keeps the number of its first physical line and
-how many physical lines it spans, so a format module can account for every line.
+`iter_blocks` streams such a file in blocks of at most 16 MiB (`chunk_bytes` if smaller): the
+block is cut at a line end that is also a record end (quotes balanced, so a quoted value may hold
+a newline). A block of plain one-line records (the normal case: no header, blank or multi-line
+row inside) is handed to pyarrow's CSV reader as it is, and row i is line first+i, which the
+reader confirms by returning exactly one row per line. Any other block takes the careful path:
+header lines are found with numpy on the raw bytes and each run of data lines is parsed on its
+own. Columns are read as strings; a reader may project only the columns it needs (`CsvSpec`),
+read empty cells as null and dictionary-encode low-cardinality columns at parse time. Each parsed
+row keeps the number of its first physical line and how many physical lines it spans, so a
+format module can account for every line.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import csv
 import io
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +42,22 @@ from ..normalize import parse_iso_utc
 from ..schema import TS
 from .base import IngestContext, Source, sniff_encoding
 
+T = TypeVar("T")
 NL, QUOTE, HASH, CR = 10, 34, 35, 13
+# Blocks larger than this only cost memory: the CSV reader is as fast on 16 MiB as on 64 MiB,
+# and a smaller block keeps a reader's peak RSS flat whatever the file size.
+MAX_BLOCK_BYTES = 16 << 20
+_CSV_BLOCK = 1 << 20  # pyarrow's own default: lets both cores parse one block in parallel
+
+
+@dataclass(frozen=True)
+class CsvSpec:
+    """How a reader wants its rows: which columns (None = all of #Fields), empty cells as null
+    or as '', and which columns to dictionary-encode while parsing (event-id and the like)."""
+
+    columns: tuple[str, ...] | None = None
+    empty_is_null: bool = False
+    dictionary: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -46,6 +68,20 @@ class Block:
     lines: np.ndarray  # first physical line (1-based) of each row
     nlines: np.ndarray  # physical lines each row spans (1 unless a quoted value holds a newline)
     headers: dict[str, str] = field(default_factory=dict)  # '#Log-type' -> 'SMTP Send Protocol Log'
+    data: bytes | memoryview = b""  # the raw bytes the rows were parsed from
+    data_line: int = 1  # line number of the first line of `data`
+
+    def raw_rows(self, rows: np.ndarray) -> list[str]:
+        """The raw text of the given rows (for rejects; a projected table no longer has it)."""
+        arr = np.frombuffer(self.data, dtype=np.uint8)
+        nl = np.flatnonzero(arr == NL)
+        starts = np.concatenate([[0], nl + 1])
+        ends = np.concatenate([nl, [len(arr)]])
+        first = self.lines[rows] - self.data_line
+        last = first + self.nlines[rows] - 1
+        raw = bytes(self.data)
+        return [raw[starts[a] : ends[b]].decode("utf-8", errors="replace").rstrip("\r")
+                for a, b in zip(first.tolist(), last.tolist(), strict=True)]
 
 
 def header_lines(head: bytes) -> dict[str, str]:
@@ -111,35 +147,99 @@ def _cut_at_record_end(buf: bytes) -> int:
     return int(nl[even[-1]]) + 1 if len(even) else 0
 
 
+def block_bytes(ctx: IngestContext) -> int:
+    return max(1, min(ctx.options.chunk_bytes, MAX_BLOCK_BYTES))
+
+
+def _record_end(buf: bytes, limit: int) -> int:
+    """Offset just after the last newline of `buf` that ends a record; 0 if none. The last line
+    end is the answer unless a quoted value is still open there (odd number of quotes before
+    it), which one vectorized count tells without finding every line."""
+    cut = buf.rfind(b"\n") + 1
+    if cut and np.count_nonzero(np.frombuffer(buf, dtype=np.uint8, count=cut) == QUOTE) % 2:
+        cut = _cut_at_record_end(buf)
+    if cut == 0 and len(buf) > 4 * limit:
+        # An unbalanced stray quote must not make us hold the rest of the file: fall back to
+        # the last line end (the run parser then rejects what it cannot align).
+        cut = buf.rfind(b"\n") + 1
+    return cut
+
+
 def iter_blocks(
     src: Source,
     ctx: IngestContext,
     fmt: str,
     default_fields: dict[int, list[str]],
     expected: str,
+    spec: CsvSpec | None = None,
 ) -> Iterator[Block]:
     """Stream `src` as Blocks. Header, comment and blank lines are accounted here (skipped);
     rows with the wrong number of fields are rejected here; every other line is in a Block and
     the caller accounts for it (parsed or skipped) using `Block.nlines`."""
-    state = {"fields": None, "headers": {}, "line": 1, "seen_data": False}
+    state = {"fields": None, "headers": {}, "line": 1, "seen_data": False,
+             "spec": spec or CsvSpec()}
     carry = b""
-    chunks = _utf8_chunks(src, ctx.options.chunk_bytes)
-    for chunk in chunks:
-        buf = carry + chunk
-        cut = _cut_at_record_end(buf)
-        if cut == 0 and len(buf) > 4 * ctx.options.chunk_bytes:
-            # An unbalanced stray quote must not make us hold the rest of the file: fall back to
-            # the last line end (the run parser then rejects what it cannot align).
-            cut = buf.rfind(b"\n") + 1
+    limit = block_bytes(ctx)
+    for chunk in _utf8_chunks(src, limit):
+        buf = carry + chunk if carry else chunk
+        cut = _record_end(buf, limit)
         if cut == 0:
             carry = buf
             continue
         carry = buf[cut:]
-        yield from _blocks_of(buf[:cut], src, ctx, fmt, default_fields, expected, state)
+        yield from _blocks_of_piece(buf, cut, src, ctx, fmt, default_fields, expected, state)
+        del buf, chunk  # only the carried tail (usually part of one line) outlives the block
     if carry:
-        yield from _blocks_of(carry, src, ctx, fmt, default_fields, expected, state)
+        yield from _blocks_of_piece(carry, len(carry), src, ctx, fmt, default_fields, expected,
+                                    state)
     if not state["seen_data"] and state["fields"] is None:
         raise InputFormatError(f"{src.name}: no #Fields: line and no data; expected {expected}")
+
+
+def _plain_lines(buf: bytes, end: int) -> int:
+    """Number of lines in buf[:end] if none of them is a header/comment line (those must not
+    reach the CSV reader as data), else 0. Blank lines need no test: the reader skips them, so
+    the row count then falls short of the line count."""
+    arr = np.frombuffer(buf, dtype=np.uint8, count=end)
+    nl = np.flatnonzero(arr == NL)
+    if arr[0] == HASH or (arr[nl[nl < end - 1] + 1] == HASH).any():
+        return 0
+    return len(nl) + (0 if arr[-1] == NL else 1)
+
+
+def _blocks_of_piece(
+    buf: bytes, end: int, src: Source, ctx: IngestContext, fmt: str,
+    default_fields: dict[int, list[str]], expected: str, state: dict,
+) -> Iterator[Block]:
+    """buf[:end] (whole records) as Blocks: the fast path when it is plain one-line records,
+    else the careful line-by-line path."""
+    if end == 0:
+        return
+    fields = state["fields"]
+    n = _plain_lines(buf, end) if fields is not None else 0
+    if n:
+        piece = memoryview(buf)[:end]  # no copy of the block
+        try:
+            # An invalid row (wrong field count) stops the parse: the careful path numbers it.
+            # Values are read as one line each: a record with a newline inside quotes then
+            # shows as rows with too few fields, and the careful path takes over.
+            table = _read_csv(piece, fields, True, lambda row: "error", state["spec"],
+                              newlines=False)
+        except pa.ArrowInvalid:  # invalid row, or not UTF-8 (the careful path replaces bytes)
+            table = None
+        # One row per line: row i is line first+i (a blank line, which the reader skips, would
+        # give fewer rows and send the piece to the careful path).
+        if table is not None and table.num_rows == n:
+            first = state["line"]
+            state["line"] += n
+            state["seen_data"] = True
+            ctx.lines_read(src.name, fmt, n)
+            yield Block(table, np.arange(first, first + n, dtype=np.int64),
+                        np.ones(n, dtype=np.int64), dict(state["headers"]), piece, first)
+            return
+        del table
+    piece = buf if end == len(buf) else buf[:end]
+    yield from _blocks_of(piece, src, ctx, fmt, default_fields, expected, state)
 
 
 def _blocks_of(
@@ -181,6 +281,7 @@ def _blocks_of(
         trailing_blank = np.add.reduceat(blank[lo:hi].astype(np.int64), recs - lo) if len(recs) else 0
         span = span - trailing_blank
         data = buf[starts[recs[0]] : (starts[hi] if hi < n else len(buf))]
+        data_line = first_line + int(recs[0])
         fields = state["fields"]
         if fields is None:
             fields = _guess_fields(buf[starts[recs[0]] : ends[recs[0]]], default_fields)
@@ -194,7 +295,7 @@ def _blocks_of(
         plain = np.flatnonzero(~blank[lo:hi]) + lo
         fallback = (plain + first_line, np.ones(len(plain), dtype=np.int64))
         yield from _parse_run(data, fields, recs + first_line, span, src, ctx, fmt, state,
-                              fallback)
+                              fallback, data_line)
     if len(cuts) and cuts[-1] >= 0:
         _apply_header(buf[starts[cuts[-1]] : ends[cuts[-1]]], state)
 
@@ -218,21 +319,28 @@ def _guess_fields(first_row: bytes, default_fields: dict[int, list[str]]) -> lis
     return default_fields.get(len(row))
 
 
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
 def _read_csv(
-    data: bytes, fields: list[str], threads: bool, on_invalid, newlines: bool = True
+    data: bytes | memoryview, fields: list[str], threads: bool, on_invalid, spec: CsvSpec,
+    newlines: bool = True,
 ) -> pa.Table:
+    wanted = fields if spec.columns is None else [f for f in spec.columns if f in fields]
     return pacsv.read_csv(
         pa.py_buffer(data),
         read_options=pacsv.ReadOptions(
-            column_names=fields, use_threads=threads, block_size=16 << 20
+            column_names=fields, use_threads=threads, block_size=_CSV_BLOCK
         ),
         parse_options=pacsv.ParseOptions(
             newlines_in_values=newlines, invalid_row_handler=on_invalid
         ),
         convert_options=pacsv.ConvertOptions(
-            column_types={f: pa.string() for f in fields},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
+            column_types={f: _DICT if f in spec.dictionary else pa.string() for f in wanted},
+            include_columns=wanted,
+            null_values=[""],
+            strings_can_be_null=spec.empty_is_null,
+            quoted_strings_can_be_null=spec.empty_is_null,
         ),
     )
 
@@ -240,7 +348,7 @@ def _read_csv(
 def _parse_run(
     data: bytes, fields: list[str], rec_lines: np.ndarray, span: np.ndarray,
     src: Source, ctx: IngestContext, fmt: str, state: dict,
-    fallback: tuple[np.ndarray, np.ndarray],
+    fallback: tuple[np.ndarray, np.ndarray], data_line: int,
 ) -> Iterator[Block]:
     invalid: list = []
     newlines = True
@@ -249,24 +357,25 @@ def _parse_run(
         invalid.append(row)
         return "skip"
 
+    spec = state["spec"]
     try:
-        table = _read_csv(data, fields, True, on_invalid)
+        table = _read_csv(data, fields, True, on_invalid, spec)
     except pa.ArrowInvalid:
         # Not UTF-8 (protocol logs are sometimes written in the server's ANSI code page):
         # replace undecodable bytes; line structure is unchanged.
         data = data.decode("utf-8", errors="replace").encode("utf-8")
         invalid.clear()
-        table = _read_csv(data, fields, True, on_invalid)
+        table = _read_csv(data, fields, True, on_invalid, spec)
     if table.num_rows + len(invalid) != len(rec_lines):
         rec_lines, span = fallback
         newlines = False
         invalid.clear()
-        table = _read_csv(data, fields, True, on_invalid, newlines)
+        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
     keep = np.ones(len(rec_lines), dtype=bool)
     if invalid:
         # Threaded parsing does not number invalid rows; parse again in one thread to get them.
         invalid.clear()
-        table = _read_csv(data, fields, False, on_invalid, newlines)
+        table = _read_csv(data, fields, False, on_invalid, spec, newlines)
         idx = np.array([r.number - 1 for r in invalid], dtype=np.int64)
         idx = idx[(idx >= 0) & (idx < len(rec_lines))]
         keep[idx] = False
@@ -283,7 +392,19 @@ def _parse_run(
         raise InputFormatError(
             f"{src.name}: could not align CSV rows with lines near line {int(rec_lines[0])}"
         )
-    yield Block(table, lines, nlines, dict(state["headers"]))
+    yield Block(table, lines, nlines, dict(state["headers"]), data, data_line)
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """`items`, computed one step ahead in a worker thread: reading and parsing the next block
+    overlaps the grouping of this one (pyarrow and numpy release the GIL, so both cores work).
+    Memory: one extra block. An exception in the worker is raised here, in order."""
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange-read") as pool:
+        ahead = pool.submit(next, items, end)
+        while (item := ahead.result()) is not end:
+            ahead = pool.submit(next, items, end)
+            yield item
 
 
 # --- vectorized helpers shared by the Exchange readers ---------------------------------------

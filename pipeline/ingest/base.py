@@ -226,6 +226,13 @@ def _dict(arr: pa.Array) -> pa.Array:
     return pc.dictionary_encode(arr).cast(pa.dictionary(pa.int32(), pa.string()))
 
 
+def _per_distinct(arr: pa.Array, fn) -> pa.Array:
+    """fn applied to the distinct values of a string column, broadcast back with one take."""
+    arr = arr.cast(pa.string()) if not pa.types.is_dictionary(arr.type) else arr
+    enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
+    return fn(enc.dictionary.cast(pa.string())).take(enc.indices)
+
+
 def make_messages(columns: dict[str, pa.Array | list], length: int | None = None) -> pa.RecordBatch:
     """Build a `messages` batch from whatever columns a format knows.
 
@@ -247,10 +254,11 @@ def make_messages(columns: dict[str, pa.Array | list], length: int | None = None
     if length is None:
         length = len(next(iter(cols.values()))) if cols else 0
 
+    # Senders repeat (one application, many messages): normalise each distinct value once.
     if "p1_sender" in cols:
-        cols["p1_sender"] = envelope_sender(cols["p1_sender"])
+        cols["p1_sender"] = _per_distinct(cols["p1_sender"], envelope_sender)
     if "p2_sender" in cols:
-        cols["p2_sender"] = header_sender(cols["p2_sender"])
+        cols["p2_sender"] = _per_distinct(cols["p2_sender"], header_sender)
     if "p1_sender" in cols:
         # Derived once here so the engine never has to read the high-cardinality p1_sender.
         cols["null_sender"] = pc.equal(pc.binary_length(cols["p1_sender"]), 0)
@@ -268,7 +276,9 @@ def make_messages(columns: dict[str, pa.Array | list], length: int | None = None
             cols["recipient_count"] = pc.list_value_length(cols["recipients"])
     if "message_id" in cols:
         mid = pc.utf8_trim_whitespace(cols["message_id"].cast(pa.string()))
-        mid = pc.replace_substring_regex(mid, r"^<(.*)>$", r"\1")
+        # Strip one pair of angle brackets with cheap kernels (a capturing regex costs more).
+        bracketed = pc.and_(pc.starts_with(mid, "<"), pc.ends_with(mid, ">"))
+        mid = pc.if_else(pc.fill_null(bracketed, False), pc.utf8_slice_codeunits(mid, 1, -1), mid)
         cols["message_id"] = pc.if_else(
             pc.equal(pc.utf8_length(mid), 0), pa.scalar(None, pa.string()), mid
         )

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, tzinfo
 
 import numpy as np
@@ -86,32 +88,41 @@ _NOISE = [
 _NOISE_DEFAULT = "daemon or connection line without a message id"
 
 _STR = pa.string()
+# Smallest read: tests use tiny blocks to exercise what is carried between them.
+MIN_READ = 256
 
 
 # --- reading ------------------------------------------------------------------------------------
 def iter_line_blocks(src: Source, chunk_bytes: int) -> Iterator[tuple[int, pa.Array]]:
     """(first line number, StringArray of lines) blocks of about chunk_bytes, split at newlines.
 
-    Splitting is pyarrow's (split_pattern over one big string), not a Python loop; a trailing
-    '\\r' (Windows line ends) is dropped and undecodable bytes are replaced, never fatal."""
+    UTF-8 blocks are split with numpy over the raw bytes (newline positions become the offsets of
+    one StringArray, no per-line Python objects); a trailing '\\r' (Windows line ends) is dropped.
+    A block with undecodable bytes, or another encoding, goes through Python's decoder with
+    replacement characters: never fatal, line numbers stay right."""
     enc = sniff_encoding(src.head(4096))
     line_no = 1
     rest = b""
+    first = True
     with src.open() as fh:
         while True:
             try:
-                data = fh.read(max(chunk_bytes, 1 << 16))
+                data = fh.read(max(chunk_bytes, MIN_READ))
             except (OSError, EOFError) as exc:
                 raise InputFormatError(f"{src.name}: cannot be read ({exc})") from exc
             if not data:
                 break
-            data = rest + data
+            if first and enc == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            first = False
+            data = rest + data if rest else data
             cut = data.rfind(b"\n")
             if cut < 0:
                 rest = data
                 continue
             rest = data[cut + 1 :]
             lines = _split(data[: cut + 1], enc)
+            del data
             yield line_no, lines
             line_no += len(lines)
     if rest:
@@ -120,12 +131,45 @@ def iter_line_blocks(src: Source, chunk_bytes: int) -> Iterator[tuple[int, pa.Ar
 
 
 def _split(block: bytes, enc: str) -> pa.Array:
+    """Whole lines (the block ends with a newline) as a StringArray."""
+    if enc in ("utf-8", "utf-8-sig"):
+        lines = _split_utf8(block)
+        if lines is not None:
+            return lines
     text = block.decode(enc if not enc.startswith("utf-16") else "utf-8", errors="replace")
     if enc == "utf-8-sig":
         text = text.lstrip("\ufeff")
     parts = pc.list_flatten(pc.split_pattern(pa.array([text], _STR), "\n"))
     parts = parts.slice(0, len(parts) - 1)  # the block ends with "\n": drop the empty tail
     return pc.replace_substring_regex(parts, r"\r$", "") if "\r" in text else parts
+
+
+def _split_utf8(block: bytes) -> pa.Array | None:
+    """Byte-level split: newline positions -> offsets; the newline (and a '\\r' before it) are
+    dropped from the data. None when the block is not valid UTF-8 (the caller decodes it)."""
+    raw = np.frombuffer(block, np.uint8)
+    nl = np.flatnonzero(raw == 10)
+    n = len(nl)
+    begin = np.empty(n, np.int64)
+    begin[0] = 0
+    begin[1:] = nl[:-1] + 1
+    end = nl.copy()
+    cr = (end > begin) & (raw[np.maximum(end - 1, 0)] == 13)
+    end[cr] -= 1
+    if len(raw) >= (1 << 31):
+        return None
+    keep = np.ones(len(raw), dtype=bool)
+    keep[nl] = False
+    keep[end[cr]] = False
+    data = raw[keep]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(end - begin, out=offsets[1:])
+    lines = pa.Array.from_buffers(_STR, n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    try:
+        lines.validate(full=True)  # UTF-8 check
+    except pa.ArrowInvalid:
+        return None
+    return lines
 
 
 def local_to_utc(naive: pa.Array, tz: tzinfo | None) -> pa.Array:
@@ -236,7 +280,9 @@ def _join_split_parts(lines: pa.Array, host: pa.Array, pid: pa.Array, part: pa.A
     marks = part.take(take).to_pylist()
     keys = zip(host.take(take).to_pylist(), pid.take(take).to_pylist(), strict=True)
     glued: dict[int, str] = {}
-    state.clear()  # parts never straddle blocks in practice: a block ends on a whole line
+    # Per block (blocks are parsed on worker threads): a part 1 in one block and its part 2 in
+    # the next is a known limit; with the default 64 MiB blocks it is one line in millions.
+    state = {}
     for i, text, mark, key in zip(idx.tolist(), texts, marks, keys, strict=True):
         n, sep = re.match(r"(\d+)([/\\])", mark).groups()
         if n == "1":
@@ -330,66 +376,400 @@ def _parse_lines(lines: pa.Array, tz: tzinfo | None) -> tuple[dict, np.ndarray, 
     return cols, kind, body
 
 
-def _fields(text: pa.Array, kind: np.ndarray) -> dict[str, pa.Array]:
-    """Extract the message fields, each regex only over the lines of the kind that carries it."""
-    n = len(text)
-    out: dict[str, pa.Array] = {}
+# --- byte kernels: fixed offsets and key=value fields over the raw bytes of a StringArray ---------
+# Exim's own lines have a fixed layout: a 19-character timestamp, a space, a 16- (< 4.97) or
+# 23-character (>= 4.97) message id, a space, then a two-character flag ("<=", "=>", "**" ...).
+# Reading bytes at fixed offsets classifies them without slicing whole lines; what does not fit
+# (syslog wrappers, +ZZZZ / [pid] / .mmm selectors, lines without a message id) takes the
+# general path above.
+_WIDTH = 53  # enough bytes for timestamp + long message id + "Completed"
+_ALNUM = np.zeros(256, dtype=bool)
+for _c in b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+    _ALNUM[_c] = True
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
+_STAMP_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+_BYTE_FLAGS = {(ord(f[0]), ord(f[1])): code for f, code in _FLAGS.items()}
 
-    def fill(name: str, mask: np.ndarray, pattern: str, src: pa.Array | None = None) -> None:
-        idx = np.flatnonzero(mask)
-        base = out.get(name, pa.nulls(n, _STR))
-        if len(idx):
-            vals = extract((src if src is not None else text).take(pa.array(idx)), pattern)
-            full = np.zeros(n, dtype=bool)
-            full[idx] = True
-            base = pc.replace_with_mask(base, pa.array(full), vals.cast(_STR))
-        out[name] = base
 
-    arrival = kind == ARRIVAL
-    delivery = np.isin(kind, [DELIVERED, ALSO_DELIVERED, FAILED, DEFERRED])
-    failed_or_deferred = np.isin(kind, [FAILED, DEFERRED])
-    rejected = kind == REJECTED
-    any_msg = arrival | delivery | rejected
-    # Quoted values (T="subject", C="reply", DN="...") may hold spaces, '=' and ' for ': mask them
-    # out before looking for the space-separated fields.
-    unquoted = text
-    has_quote = _mask(pc.match_substring(text, '"')).to_numpy(zero_copy_only=False)
-    qidx = np.flatnonzero(has_quote & any_msg)
-    if len(qidx):
-        full = np.zeros(n, dtype=bool)
-        full[qidx] = True
-        stripped = pc.replace_substring_regex(
-            text.take(pa.array(qidx)), r'(^|\s)([A-Za-z]+)="(?:[^"\\]|\\.)*"', r'\1\2=""')
-        unquoted = pc.replace_with_mask(text, pa.array(full), stripped)
+def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data) of a StringArray as numpy views (no copy)."""
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int32, len(arr) + 1, arr.offset * 4)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
+    return offsets, data if len(data) else np.zeros(1, np.uint8)
 
-    # Arrival: "<= sender [R=parent] H=name (helo) [ip]:port ... S=size id=msgid T="subj" for rcpts"
-    fill("p1_sender", arrival, r'^<= (?P<v>"[^"]*"@\S+|\S*)')
-    fill("bounce_of", arrival, r"\sR=(?P<v>\S+)", unquoted)
-    fill("size", arrival, r"\sS=(?P<v>\d+)", unquoted)
-    fill("message_id", arrival, r"\sid=(?P<v>\S+)", unquoted)
-    fill("subject", arrival, r'\sT="(?P<v>(?:[^"\\]|\\.)*)"')
-    fill("for_list", arrival, r"\sfor (?P<v>[^=]+)$", unquoted)
-    # H= on arrivals is the client; only the final [ip] is reliable (Exim spec, "Reception").
-    fill("client_ip", arrival | rejected,
-         r"(?:^|\s)H=(?:\S+ )?(?:\([^)]*\) )?\[(?P<v>[0-9A-Fa-f.:]+)\]", unquoted)
-    # Delivery / failure / deferral: "=> addr [<orig>] ... R=router T=transport H=host [ip] C="..."
-    fill("address", delivery, r'^.. (?P<v>"[^"]*"@\S+|\S+)')
-    fill("original", delivery, r"^.. (?:\"[^\"]*\"@\S+|\S+) <(?P<v>[^>]*)>")
-    fill("relay_host", delivery, r"\sH=(?P<v>[^\s\[]+)(?: \([^)]*\))? \[", unquoted)
-    fill("delivery_sender", delivery, r"\s[FP]=<(?P<v>[^>]*)>", unquoted)
-    fill("confirmation", delivery, r'\sC="(?P<v>(?:[^"\\]|\\.)*)"')
-    fill("error", failed_or_deferred, r"(?:^|: )(?P<v>[2-5]\d\d[- ].*)$", unquoted)
-    fill("error_text", failed_or_deferred, r"(?:\]\*? |\S):? ?: (?P<v>.*)$", unquoted)
-    # Rejections at this host: "H=... F=<sender> rejected RCPT <rcpt>: reason"
-    fill("reject_sender", rejected, r"(?:^|\s)F=<?(?P<v>[^\s>]*)>?")
-    fill("reject_rcpt", rejected, r"rejected RCPT <?(?P<v>[^\s>:]+)>?")
-    fill("reject_reason", rejected, r"rejected [^:]*: (?P<v>.*)$")
+
+def _gather(data: np.ndarray, start: np.ndarray, stop: np.ndarray) -> pa.Array:
+    """StringArray of data[start:stop] per row; null where start < 0. Built as a string view
+    array over `data` (16 bytes per row, no per-byte index) and compacted by Arrow's cast. Cuts
+    are at ASCII bytes (keys, spaces, quotes, row ends), so every value stays valid UTF-8."""
+    n = len(start)
+    valid = start >= 0
+    length = np.where(valid, stop - start, 0)
+    length[length < 0] = 0
+    start = np.where(valid, start, 0)
+    views = np.zeros((n, 4), np.int32)
+    views[:, 0] = length
+    raw = views.view(np.uint8)
+    short = length <= 12
+    if len(data) < 16:
+        data = np.concatenate([data, np.zeros(16, np.uint8)])
+    # Inline bytes (short values) or a 4-byte prefix + offset (long ones), per the Arrow spec.
+    rows = np.flatnonzero(length > 0)
+    idx = np.minimum(start[rows, None] + np.arange(12), len(data) - 1)
+    head = data[idx]
+    head[np.arange(12)[None, :] >= np.where(short[rows], length[rows], 4)[:, None]] = 0
+    raw[rows, 4:16] = head
+    views[~short, 2] = 0
+    views[~short, 3] = start[~short]
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.Array.from_buffers(pa.string_view(), n, [validity, pa.py_buffer(views),
+                                                      pa.py_buffer(data)],
+                                null_count=int(n - valid.sum()))
+    return arr.cast(_STR)
+
+
+def _fixed_bytes(offsets: np.ndarray, data: np.ndarray, width: int) -> np.ndarray:
+    """(rows, width) matrix of each row's first bytes. Past a row's end it holds the next row's
+    bytes: callers check the row length for every position they read."""
+    idx = offsets[:-1, None] + np.arange(width, dtype=np.int32)
+    np.minimum(idx, len(data) - 1, out=idx)
+    return data[idx]
+
+
+def _plain_exim(lines: pa.Array, tz: tzinfo | None) -> dict | None:
+    """Lines in Exim's plain layout with a message id: mask, text offset, kind, time, id."""
+    n = len(lines)
+    if n == 0 or lines.null_count:
+        return None
+    offsets, data = _buffers(lines)
+    m = _fixed_bytes(offsets, data, _WIDTH)
+    ok = _DIGIT[m[:, _STAMP_DIGITS]].all(axis=1)
+    ok &= (m[:, 4] == 45) & (m[:, 7] == 45) & (m[:, 10] == 32) & (m[:, 13] == 58)
+    ok &= (m[:, 16] == 58) & (m[:, 19] == 32)
+    ok &= _ALNUM[m[:, 20:26]].all(axis=1) & (m[:, 26] == 45)
+    short = (_ALNUM[m[:, 27:33]].all(axis=1) & (m[:, 33] == 45)
+             & _ALNUM[m[:, 34:36]].all(axis=1) & (m[:, 36] == 32))
+    long_ = (_ALNUM[m[:, 27:38]].all(axis=1) & (m[:, 38] == 45)
+             & _ALNUM[m[:, 39:43]].all(axis=1) & (m[:, 43] == 32))
+    length = np.diff(offsets)
+    ok &= (short & (length >= 37)) | (long_ & (length >= 44))
+    if not ok.any():
+        return None
+    tstart = np.where(long_, 44, 37).astype(np.int64)
+    stamp_buf = np.ascontiguousarray(m[:, :19]).reshape(-1)
+    stamps = pa.Array.from_buffers(_STR, n, [None, pa.py_buffer(
+        np.arange(0, 19 * (n + 1), 19, dtype=np.int32)), pa.py_buffer(stamp_buf)])
+    naive = pc.strptime(stamps, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    ok &= pc.is_valid(naive).to_numpy(zero_copy_only=False)
+    # Flag at the text start: "<= ", "=> ", ... or the whole text "Completed".
+    rows = np.arange(n)
+    b0, b1, b2 = (m[rows, np.minimum(tstart + k, _WIDTH - 1)] for k in range(3))
+    kind = np.full(n, OTHER, dtype=np.int8)
+    flagged = length >= tstart + 3
+    for (c0, c1), code in _BYTE_FLAGS.items():
+        kind[(b0 == c0) & (b1 == c1) & (b2 == 32) & flagged] = code
+    completed = length == tstart + 9
+    for k, c in enumerate(b"Completed"):
+        completed &= m[rows, np.minimum(tstart + k, _WIDTH - 1)] == c
+    kind[completed] = COMPLETED
+    begin = offsets[:-1].astype(np.int64)
+    qid = _gather(data, np.where(ok, begin + 20, -1), begin + tstart - 1)
+    ts = local_to_utc(naive.cast(pa.timestamp("us")), tz)
+    return {"ok": ok, "tstart": tstart, "kind": kind, "ts": ts, "queue_id": qid}
+
+
+class _Text:
+    """Rows of Exim text (from `begin`, to the row end) as bytes, with the quoted values
+    (`key="..."`, '\\\\' escapes) that hide spaces, '=' and ' for ' from the field search."""
+
+    def __init__(self, arr: pa.Array, tstart: np.ndarray):
+        self.arr = arr
+        offsets, self.data = _buffers(arr)
+        self.begin = offsets[:-1].astype(np.int64) + tstart
+        self.end = offsets[1:].astype(np.int64)
+        d = self.data
+        q = np.flatnonzero(d == 34)
+        esc = q > 0
+        esc[esc] = d[q[esc] - 1] == 92
+        self.quotes = q[~esc]  # unescaped '"'
+        openers = self.quotes[(self.quotes > 0) & (d[np.maximum(self.quotes - 1, 0)] == 61)]
+        j = np.searchsorted(self.quotes, openers + 1)
+        has_close = j < len(self.quotes)
+        closers = np.where(has_close, self.quotes[np.minimum(j, len(self.quotes) - 1)], -1)
+        row = self.row_of(openers)
+        good = has_close & (closers < self.end[row])
+        openers, closers = openers[good], closers[good]
+        # A '="' inside an earlier quoted value is no opener (regions never overlap).
+        keep = np.ones(len(openers), dtype=bool)
+        keep[1:] = openers[1:] > closers[:-1]
+        self.openers, self.closers = openers[keep], closers[keep]
+        self._spaces: np.ndarray | None = None
+        self._at: dict[int, np.ndarray] = {}
+
+    def positions(self, byte: int) -> np.ndarray:
+        """Where `byte` occurs in the data (cached: keys share their last byte, '=')."""
+        if byte not in self._at:
+            self._at[byte] = np.flatnonzero(self.data == byte)
+        return self._at[byte]
+
+    def row_of(self, pos: np.ndarray) -> np.ndarray:
+        return np.maximum(np.searchsorted(self.begin, pos, side="right") - 1, 0)
+
+    def quoted(self, pos: np.ndarray) -> np.ndarray:
+        """Positions inside a quoted value (the opening quote itself included)."""
+        i = np.searchsorted(self.openers, pos, side="right") - 1
+        return (i >= 0) & (pos <= self.closers[np.maximum(i, 0)]) if len(self.openers) else (
+            np.zeros(len(pos), dtype=bool))
+
+    @property
+    def spaces(self) -> np.ndarray:
+        return self.positions(32)
+
+    def find(self, key: bytes) -> np.ndarray:
+        """Per row: position of the first `key` outside quoted values, else -1."""
+        d = self.data
+        c = self.positions(key[-1]) - (len(key) - 1)
+        c = c[c >= 0]
+        for k, b in enumerate(key[:-1]):
+            c = c[d[c + k] == b]
+        row = self.row_of(c)
+        inside = (c >= self.begin[row]) & (c + len(key) <= self.end[row])
+        c, row = c[inside], row[inside]
+        free = ~self.quoted(c)
+        c, row = c[free], row[free]
+        out = np.full(len(self.begin), -1, dtype=np.int64)
+        first = np.ones(len(row), dtype=bool)
+        first[1:] = row[1:] != row[:-1]
+        out[row[first]] = c[first]
+        return out
+
+    def starts_with(self, prefix: bytes) -> np.ndarray:
+        ok = self.end - self.begin >= len(prefix)
+        for k, b in enumerate(prefix):
+            ok &= self.data[np.minimum(self.begin + k, len(self.data) - 1)] == b
+        return ok
+
+    def next_at(self, byte: int, start: np.ndarray) -> np.ndarray:
+        """Per position: where `byte` next occurs at or after it (a large number if never)."""
+        at = self.positions(byte)
+        if not len(at):
+            return np.full(len(start), np.iinfo(np.int64).max, dtype=np.int64)
+        j = np.searchsorted(at, start)
+        return np.where(j < len(at), at[np.minimum(j, len(at) - 1)], np.iinfo(np.int64).max)
+
+    def until_space(self, start: np.ndarray) -> np.ndarray:
+        """End of the value that starts at `start`: the next space or the row end."""
+        sp = self.spaces
+        if not len(sp):
+            return self.end.copy()
+        j = np.searchsorted(sp, start)
+        nxt = np.where(j < len(sp), sp[np.minimum(j, len(sp) - 1)], np.iinfo(np.int64).max)
+        return np.minimum(nxt, self.end)
+
+    def word_after(self, key: bytes) -> pa.Array:
+        """`key(?P<v>\\S+)`: the value after the first key, up to the next space."""
+        pos = self.find(key)
+        start = np.where(pos >= 0, pos + len(key), -1)
+        stop = self.until_space(np.maximum(start, 0))
+        return _gather(self.data, np.where(stop > start, start, -1), stop)
+
+    def quoted_after(self, key: bytes) -> pa.Array:
+        """`key="(?P<v>...)"` (key without the quote): the quoted value's content."""
+        pos = self.find(key)
+        opener = np.where(pos >= 0, pos + len(key), -1)
+        i = np.searchsorted(self.openers, opener)
+        hit = (pos >= 0) & (i < len(self.openers))
+        hit &= self.openers[np.minimum(i, max(len(self.openers) - 1, 0))] == opener if len(
+            self.openers) else False
+        close = self.closers[np.minimum(i, max(len(self.openers) - 1, 0))] if len(
+            self.openers) else np.zeros(len(pos), np.int64)
+        return _gather(self.data, np.where(hit, opener + 1, -1), close)
+
+    def sub(self, start: np.ndarray, stop: np.ndarray) -> pa.Array:
+        return _gather(self.data, start, stop)
+
+
+def _unquoted(text: pa.Array) -> pa.Array:
+    """Quoted values (T="subject", C="reply", DN="...") emptied, for the regex fallbacks."""
+    return pc.replace_substring_regex(text, r'(^|\s)([A-Za-z]+)="(?:[^"\\]|\\.)*"', r'\1\2=""')
+
+
+def _scatter(n: int, rows: np.ndarray, values: pa.Array, base: pa.Array | None = None
+             ) -> pa.Array:
+    """An n-row array holding `values` at `rows` (null, or `base`, elsewhere)."""
+    if base is None:
+        base = pa.nulls(n, _STR)
+    if not len(rows):
+        return base
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return pc.replace_with_mask(base, pa.array(mask), values.cast(_STR))
+
+
+def _by_regex(t: _Text, rows: np.ndarray, pattern: str, unquote: bool) -> pa.Array:
+    """The old way, for the few rows the byte kernels leave: the regex over the text."""
+    text = t.sub(t.begin[rows], t.end[rows])
+    return extract(_unquoted(text) if unquote else text, pattern)
+
+
+def _address_at(t: _Text, rows: np.ndarray, quoted_pattern: str, nonempty: bool) -> pa.Array:
+    """The address right after the flag ('<= a@b', '=> a@b'); '"local part"@domain' by regex."""
+    n = len(t.begin)
+    start = np.full(n, -1, dtype=np.int64)
+    start[rows] = t.begin[rows] + 3
+    stop = t.until_space(np.maximum(start, 0))
+    quoted = np.zeros(n, dtype=bool)
+    quoted[rows] = t.data[np.minimum(start[rows], len(t.data) - 1)] == 34
+    quoted[rows] &= stop[rows] > start[rows]
+    if nonempty:
+        start = np.where(stop > start, start, -1)
+    out = _gather(t.data, np.where(quoted, -1, start), stop)
+    qrows = np.flatnonzero(quoted)
+    if len(qrows):
+        out = _scatter(n, qrows, _by_regex(t, qrows, quoted_pattern, False), out)
     return out
+
+
+def _for_list(t: _Text, rows: np.ndarray) -> pa.Array:
+    """`\\sfor (?P<v>[^=]+)$` on the unquoted text: the first ' for ' after the last '='."""
+    d = t.data
+    n = len(t.begin)
+    eq = t.positions(61)
+    eq = eq[~t.quoted(eq)]
+    last_eq = np.full(n, -1, dtype=np.int64)
+    if len(eq):
+        row = t.row_of(eq)
+        np.maximum.at(last_eq, row, eq)
+    c = t.spaces
+    c = c[c + 5 < len(d)]
+    c = c[(d[c + 1] == 102) & (d[c + 2] == 111) & (d[c + 3] == 114) & (d[c + 4] == 32)]
+    row = t.row_of(c)
+    ok = (c >= t.begin[row]) & (c + 5 < t.end[row]) & (c > last_eq[row]) & ~t.quoted(c)
+    c, row = c[ok], row[ok]
+    start = np.full(n, -1, dtype=np.int64)
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = row[1:] != row[:-1]
+    start[row[first]] = c[first] + 5
+    wanted = np.zeros(n, dtype=bool)
+    wanted[rows] = True
+    return _gather(d, np.where(wanted, start, -1), t.end)
+
+
+_CLIENT_IP = r"(?:^|\s)H=(?:\S+ )?(?:\([^)]*\) )?\[(?P<v>[0-9A-Fa-f.:]+)\]"
+_RELAY_HOST = r"\sH=(?P<v>[^\s\[]+)(?: \([^)]*\))? \["
+
+
+def _host_field(t: _Text, pos: np.ndarray, rows: np.ndarray, want_ip: bool) -> pa.Array:
+    """From ' H=' at `pos`: the host name (_RELAY_HOST) or the final [ip] (_CLIENT_IP).
+
+    The usual shapes 'H=name [ip]', 'H=(helo) [ip]', 'H=name (helo) [ip]' and 'H=[ip]' are
+    read by byte positions; any other shape gets the regex."""
+    n = len(t.begin)
+    sel = rows[pos[rows] >= 0]
+    p = pos[sel] + 3  # first byte after "H="
+    end = t.end[sel]
+    br = t.next_at(ord("["), p)  # the '[' that opens the address
+    sp = t.next_at(32, p)
+    first = t.data[np.minimum(p, len(t.data) - 1)]
+    paren_at = np.where(first == 40, p, np.where(t.data[np.minimum(sp + 1, len(t.data) - 1)]
+                                                 == 40, sp + 1, -1))
+    close = t.next_at(ord(")"), np.maximum(paren_at, 0))
+    plain = (sp == br - 1) & (first != 40) & (sp > p)  # name [ip]
+    bare = br == p  # [ip]
+    helo = (paren_at >= 0) & (close == br - 2) & (t.data[np.minimum(br - 1, len(t.data) - 1)]
+                                                     == 32)
+    if want_ip:
+        shape_ok = (plain | bare | helo) & (br < end)
+        rb = t.next_at(ord("]"), br + 1)
+        shape_ok &= rb < end
+        vals = _gather(t.data, np.where(shape_ok, br + 1, -1), rb)
+        good = pc.fill_null(pc.match_substring_regex(vals, r"^[0-9A-Fa-f.:]+$"), False
+                            ).to_numpy(zero_copy_only=False)
+    else:
+        name_end = np.where(first == 40, -1, np.minimum(sp, br))
+        good = (plain | (helo & (paren_at == sp + 1))) & (br < end) & (name_end > p)
+        vals = _gather(t.data, np.where(good, p, -1), name_end)
+    out = _scatter(n, sel[good], vals.filter(pa.array(good)))
+    odd = sel[~good]
+    if len(odd):
+        out = _scatter(n, odd, _by_regex(t, odd, _CLIENT_IP if want_ip else _RELAY_HOST, True),
+                       out)
+    return out
+
+
+def _fields_fast(t: _Text, kind: np.ndarray) -> dict[str, pa.Array]:
+    """The message fields (same meaning as the per-field regexes of _fields), found with the
+    byte kernels; regexes run only on failures/deferrals, rejections and odd rows."""
+    n = len(kind)
+    null = pa.nulls(n, _STR)
+    arrival = np.flatnonzero(kind == ARRIVAL)
+    delivery = np.flatnonzero(np.isin(kind, [DELIVERED, ALSO_DELIVERED, FAILED, DEFERRED]))
+    failed_or_deferred = np.flatnonzero(np.isin(kind, [FAILED, DEFERRED]))
+    rejected = np.flatnonzero(kind == REJECTED)
+    is_arrival = kind == ARRIVAL
+    is_delivery = np.isin(kind, [DELIVERED, ALSO_DELIVERED, FAILED, DEFERRED])
+
+    def only(arr: pa.Array, mask: np.ndarray) -> pa.Array:
+        return pc.if_else(pa.array(mask), arr, null) if not mask.all() else arr
+
+    out: dict[str, pa.Array] = {}
+    out["p1_sender"] = _address_at(t, arrival, r'^<= (?P<v>"[^"]*"@\S+|\S*)', nonempty=False)
+    out["bounce_of"] = only(t.word_after(b" R="), is_arrival)
+    size = only(t.word_after(b" S="), is_arrival)
+    digits = pc.fill_null(pc.utf8_is_decimal(size), True).to_numpy(zero_copy_only=False)
+    if not digits.all():  # "S=12abc": the regex took the leading digits only
+        odd = np.flatnonzero(~digits)
+        size = _scatter(n, odd, extract(size.take(pa.array(odd)), r"^(?P<v>\d+)"), size)
+    out["size"] = size
+    out["message_id"] = only(t.word_after(b" id="), is_arrival)
+    out["subject"] = only(t.quoted_after(b" T="), is_arrival)
+    out["for_list"] = _for_list(t, arrival)
+    # H= on arrivals is the client; only the final [ip] is reliable (Exim spec, "Reception").
+    h_pos = t.find(b" H=")
+    at_start = t.starts_with(b"H=")
+    client = np.concatenate([arrival, rejected])
+    out["client_ip"] = _host_field(t, np.where(at_start, -1, h_pos), client, want_ip=True)
+    start_rows = client[at_start[client]]
+    if len(start_rows):
+        out["client_ip"] = _scatter(n, start_rows, _by_regex(t, start_rows, _CLIENT_IP, True),
+                                    out["client_ip"])
+    out["address"] = _address_at(t, delivery, r'^.. (?P<v>"[^"]*"@\S+|\S+)', nonempty=True)
+    # "<original>" after the address (local, pipe and file deliveries): few rows, by regex.
+    addr_end = t.until_space(t.begin + 3)
+    nxt = np.minimum(addr_end + 1, len(t.data) - 1)
+    orig_rows = delivery[(addr_end[delivery] + 1 < t.end[delivery]) & (t.data[nxt[delivery]] == 60)]
+    out["original"] = _scatter(n, orig_rows, _by_regex(
+        t, orig_rows, r"^.. (?:\"[^\"]*\"@\S+|\S+) <(?P<v>[^>]*)>", False))
+    out["relay_host"] = _host_field(t, h_pos, delivery, want_ip=False)
+    # F=<sender> / P=<return path> (sender_on_delivery, return_path_on_delivery): up to '>'.
+    f_pos, p_pos = t.find(b" F=<"), t.find(b" P=<")
+    fp = np.where((f_pos >= 0) & ((p_pos < 0) | (f_pos < p_pos)), f_pos, p_pos)
+    gt = t.next_at(ord(">"), np.maximum(fp + 4, 0))
+    wanted = np.zeros(n, dtype=bool)
+    wanted[delivery] = True
+    out["delivery_sender"] = _gather(t.data, np.where(wanted & (fp >= 0) & (gt < t.end), fp + 4,
+                                                      -1), gt)
+    out["confirmation"] = only(t.quoted_after(b" C="), is_delivery)
+    # Failures and deferrals (a minority): their reply text by the regexes of _fields.
+    fd_text = _unquoted(t.sub(t.begin[failed_or_deferred], t.end[failed_or_deferred]))
+    out["error"] = _scatter(n, failed_or_deferred,
+                            extract(fd_text, r"(?:^|: )(?P<v>[2-5]\d\d[- ].*)$"))
+    out["error_text"] = _scatter(n, failed_or_deferred,
+                                 extract(fd_text, r"(?:\]\*? |\S):? ?: (?P<v>.*)$"))
+    # Rejections at this host: "H=... F=<sender> rejected RCPT <rcpt>: reason"
+    rj = t.sub(t.begin[rejected], t.end[rejected])
+    out["reject_sender"] = _scatter(n, rejected, extract(rj, r"(?:^|\s)F=<?(?P<v>[^\s>]*)>?"))
+    out["reject_rcpt"] = _scatter(n, rejected, extract(rj, r"rejected RCPT <?(?P<v>[^\s>:]+)>?"))
+    out["reject_reason"] = _scatter(n, rejected, extract(rj, r"rejected [^:]*: (?P<v>.*)$"))
+    return out
+
 
 
 # --- correlation --------------------------------------------------------------------------------
 def _records(cols: dict, f: dict, kind: np.ndarray, keep: np.ndarray, file_idx: int,
-             first_line: int, host: pa.Array) -> pa.Table:
+             numbers: np.ndarray, host: pa.Array) -> pa.Table:
     """The per-line records that take part in correlation (message lines and reject rows)."""
     n = len(kind)
     address = pc.if_else(_mask(pc.match_substring(f["address"], "@")), f["address"],
@@ -403,7 +783,7 @@ def _records(cols: dict, f: dict, kind: np.ndarray, keep: np.ndarray, file_idx: 
     null = pa.scalar(None, _STR)
     table = pa.table({
         "file": pa.array(np.full(n, file_idx, dtype=np.int32)),
-        "line": pa.array(np.arange(first_line, first_line + n, dtype=np.int64)),
+        "line": pa.array(numbers),
         "ts": cols["ts"],
         "queue_id": cols["queue_id"],
         "kind": pa.array(kind),
@@ -452,28 +832,69 @@ def _group_ids(records: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     return rec, gid, closed
 
 
+def _first_valid(col: pa.Array, starts: np.ndarray, stops: np.ndarray, last: bool = False
+                 ) -> pa.Array:
+    """Per group [start, stop): the first (or last) non-null value; null when there is none."""
+    valid = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+    if last:
+        j = np.searchsorted(valid, stops) - 1
+        ok = (j >= 0) & (valid[np.maximum(j, 0)] >= starts) if len(valid) else np.zeros(
+            len(starts), dtype=bool)
+    else:
+        j = np.searchsorted(valid, starts)
+        ok = (j < len(valid)) & (valid[np.minimum(j, max(len(valid) - 1, 0))] < stops) if len(
+            valid) else np.zeros(len(starts), dtype=bool)
+    idx = np.where(ok, valid[np.clip(j, 0, max(len(valid) - 1, 0))] if len(valid) else 0, 0)
+    return col.take(pa.array(idx, mask=~ok))
+
+
+def _distinct_lists(col: pa.Array, gid: np.ndarray, n_groups: int) -> pa.Array:
+    """Per group: its distinct non-null values in order of first appearance."""
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    codes = pc.dictionary_encode(col.take(pa.array(rows))).indices.to_numpy().astype(np.int64)
+    key = gid[rows].astype(np.int64) * (int(codes.max()) + 1 if len(codes) else 1) + codes
+    _, first = np.unique(key, return_index=True)
+    first.sort()
+    keep = rows[first]
+    counts = np.bincount(gid[keep], minlength=n_groups)
+    offsets = np.zeros(n_groups + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), col.take(pa.array(keep)))
+
+
 def _aggregate(rec: pa.Table, gid: np.ndarray) -> pa.Table:
-    """One row per message group."""
+    """One row per message group (rec is sorted so that each group's rows are contiguous and
+    in log order): the columns the old hash group-by gave, by numpy over group boundaries."""
     kind = rec["kind"].to_numpy()
-    t = rec.append_column("gid", pa.array(gid))
-    t = t.append_column("order", pc.add(pc.multiply(rec["file"].cast(pa.int64()), 1 << 40),
-                                        rec["line"]))
-    t = t.append_column("is_arrival", pa.array(kind == ARRIVAL))
-    t = t.append_column("is_delivered", pa.array(np.isin(kind, [DELIVERED, ALSO_DELIVERED])))
-    t = t.append_column("is_failed", pa.array(kind == FAILED))
-    t = t.append_column("is_deferred", pa.array(kind == DEFERRED))
-    t = t.append_column("is_completed", pa.array(kind == COMPLETED))
-    t = t.append_column("is_rejected", pa.array(kind == REJECTED))
-    g = t.group_by("gid", use_threads=False).aggregate([
-        ("order", "min"), ("ts", "min"), ("queue_id", "first"), ("host", "first"),
-        ("p1_sender", "first"), ("bounce_of", "first"), ("size", "first"),
-        ("message_id", "first"), ("subject", "first"), ("for_list", "first"),
-        ("client_ip", "first"), ("recipient", "distinct"), ("relay_host", "last"),
-        ("delivery_sender", "first"), ("response_fail", "last"), ("response_other", "last"), ("is_arrival", "any"), ("is_delivered", "any"),
-        ("is_failed", "any"), ("is_deferred", "any"), ("is_completed", "any"),
-        ("is_rejected", "any"), ("gid", "count"),
-    ])
-    return g.sort_by("gid")
+    n = rec.num_rows
+    new = np.diff(gid, prepend=-1) != 0
+    starts = np.flatnonzero(new)
+    stops = np.append(starts[1:], n)
+    n_groups = len(starts)
+    local = np.cumsum(new) - 1  # 0..n_groups-1
+    col = {name: rec[name].combine_chunks() for name in rec.column_names}
+    order = (rec["file"].to_numpy().astype(np.int64) << 40) + rec["line"].to_numpy()
+    ts_us = pc.fill_null(col["ts"].cast(pa.int64()), np.iinfo(np.int64).max).to_numpy()
+    out = {
+        "gid": pa.array(gid[starts]),
+        "order_min": pa.array(np.minimum.reduceat(order, starts)),
+        "ts_min": pa.array(np.minimum.reduceat(ts_us, starts)).cast(TS),
+    }
+    for name in ("queue_id", "host", "p1_sender", "bounce_of", "size", "message_id", "subject",
+                 "for_list", "client_ip", "delivery_sender"):
+        out[f"{name}_first"] = _first_valid(col[name], starts, stops)
+    for name in ("relay_host", "response_fail", "response_other"):
+        out[f"{name}_last"] = _first_valid(col[name], starts, stops, last=True)
+    out["recipient_distinct"] = _distinct_lists(col["recipient"], local, n_groups)
+    flags = {"is_arrival": kind == ARRIVAL,
+             "is_delivered": np.isin(kind, [DELIVERED, ALSO_DELIVERED]),
+             "is_failed": kind == FAILED, "is_deferred": kind == DEFERRED,
+             "is_completed": kind == COMPLETED, "is_rejected": kind == REJECTED}
+    for name, flag in flags.items():
+        out[f"{name}_any"] = pa.array(np.logical_or.reduceat(flag, starts))
+    out["gid_count"] = pa.array(stops - starts)
+    return pa.table(out)
 
 
 def _status(g: pa.Table, final: bool) -> tuple[pa.Array, pa.Array]:
@@ -585,6 +1006,10 @@ def _first_timestamp(src: Source) -> str:
 
 
 HEAD_SCAN = 16 * 1024
+# Two cores are the norm on a relay host; one block parsing ahead of correlation keeps both busy.
+PARSE_THREADS = 2
+PARSE_AHEAD = 2
+PARSE_BYTES = 8 << 20
 
 
 def _year_of(src: Source, ctx: IngestContext) -> int:
@@ -607,24 +1032,75 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
 
 
 def _read_host(files: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
+    """Blocks are parsed on a small thread pool (pyarrow and numpy kernels release the GIL) and
+    correlated in order on this thread; at most PARSE_AHEAD blocks are in flight, so memory
+    stays bounded by the block size whatever the file size."""
     carry: pa.Table | None = None
-    for file_idx, src in enumerate(files):
-        split_state: dict = {}
-        year = _year_of(src, ctx)
-        for first_line, lines in iter_line_blocks(src, ctx.options.chunk_bytes):
-            ctx.lines_read(src.name, NAME, len(lines))
-            records = _parse_block(lines, first_line, file_idx, src, ctx, year, split_state)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
+        def settle() -> Iterator[pa.RecordBatch]:
+            nonlocal carry
+            future, events = pending.popleft()
+            records = future.result()
+            events.replay(ctx)
             if carry is not None and carry.num_rows:
                 records = pa.concat_tables([carry, records])
             carry, batch, orphans = _correlate(records, files, ctx, final=False)
             _skip_orphans(orphans, files, ctx)
             if batch is not None:
                 yield batch
+
+        for file_idx, src in enumerate(files):
+            split_state: dict = {}
+            year = _year_of(src, ctx)
+            for first_line, block in iter_line_blocks(src, ctx.options.chunk_bytes):
+                for offset, lines in _slices(block):
+                    events = _Deferred(ctx.options)
+                    events.lines_read(src.name, NAME, len(lines))
+                    pending.append((pool.submit(_parse_block, lines, first_line + offset,
+                                                file_idx, src, events, year, split_state),
+                                    events))
+                    del lines
+                    while len(pending) >= PARSE_AHEAD:
+                        yield from settle()
+                del block
+        while pending:
+            yield from settle()
     if carry is not None and carry.num_rows:
         _carry, batch, orphans = _correlate(carry, files, ctx, final=True)
         if batch is not None:
             yield batch
         _skip_orphans(orphans, files, ctx)
+
+
+def _slices(block: pa.Array) -> Iterator[tuple[int, pa.Array]]:
+    """Zero-copy pieces of about PARSE_BYTES: parsing needs a few times its input in scratch
+    memory, so small pieces keep the peak low whatever chunk_bytes is."""
+    size = block.nbytes
+    step = max(1, int(len(block) * PARSE_BYTES / size)) if size > PARSE_BYTES else len(block)
+    for offset in range(0, len(block), max(step, 1)):
+        yield offset, block.slice(offset, step)
+
+
+class _Deferred:
+    """Accounting calls of a block parsed on a worker thread, replayed in block order."""
+
+    def __init__(self, options):
+        self.options = options
+        self.calls: list[tuple[str, tuple]] = []
+
+    def lines_read(self, *args) -> None:
+        self.calls.append(("lines_read", args))
+
+    def skipped(self, *args) -> None:
+        self.calls.append(("skipped", args))
+
+    def reject_lines(self, *args) -> None:
+        self.calls.append(("reject_lines", args))
+
+    def replay(self, ctx: IngestContext) -> None:
+        for name, args in self.calls:
+            getattr(ctx, name)(*args)
 
 
 def _skip_orphans(orphans: pa.Table, files: list[Source], ctx: IngestContext) -> None:
@@ -639,13 +1115,83 @@ def _skip_orphans(orphans: pa.Table, files: list[Source], ctx: IngestContext) ->
 
 def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
                  ctx: IngestContext, year: int, split_state: dict) -> pa.Table:
+    """Per-line records of one block: plain Exim lines by fixed offsets, the rest (syslog,
+    decorated timestamps, lines without a message id) by the general path."""
+    n = len(lines)
+    numbers = np.arange(first_line, first_line + n, dtype=np.int64)
+    plain = _plain_exim(lines, ctx.options.tz)
+    fast = plain["ok"] if plain is not None else np.zeros(n, dtype=bool)
+    texts, tstarts, kinds, stamps, qids, nums, hosts, raws = [], [], [], [], [], [], [], []
+    if fast.any():
+        sel = pa.array(fast)
+        text = lines.filter(sel)
+        kind = plain["kind"][fast]
+        _mark_rejected_after_data(text, kind)
+        texts.append(text)
+        tstarts.append(plain["tstart"][fast])
+        kinds.append(kind)
+        stamps.append(plain["ts"].filter(sel))
+        qids.append(plain["queue_id"].filter(sel))
+        nums.append(numbers[fast])
+        hosts.append(pa.nulls(len(text), _STR))
+        raws.append(np.flatnonzero(fast))
+    if not fast.all():
+        idx = np.flatnonzero(~fast)
+        slow = _parse_slow(lines.take(pa.array(idx)), numbers[idx], src, ctx, year, split_state)
+        texts.append(slow["text"])
+        tstarts.append(np.zeros(len(slow["kind"]), dtype=np.int64))
+        kinds.append(slow["kind"])
+        stamps.append(slow["ts"])
+        qids.append(slow["queue_id"])
+        nums.append(numbers[idx[slow["keep"]]])
+        hosts.append(slow["host"])
+        raws.append(idx[slow["keep"]])
+    if not kinds:
+        return _records({"ts": pa.nulls(0, TS), "queue_id": pa.nulls(0, _STR)},
+                        _fields_fast(_Text(pa.array([], _STR), np.zeros(0, np.int64)),
+                                     np.zeros(0, np.int8)),
+                        np.zeros(0, np.int8), np.zeros(0, dtype=bool), file_idx,
+                        np.zeros(0, np.int64), pa.nulls(0, _STR))
+    text = pa.concat_arrays([t.cast(_STR) for t in texts])
+    kind = np.concatenate(kinds)
+    numbers = np.concatenate(nums)
+    raw_idx = np.concatenate(raws)
+    f = _fields_fast(_Text(text, np.concatenate(tstarts)), kind)
+    # A line that claims to be an arrival but names no sender cannot be a message row.
+    broken = (kind == ARRIVAL) & ~pc.is_valid(f["p1_sender"]).to_numpy(zero_copy_only=False)
+    if broken.any():
+        bad = np.flatnonzero(broken)
+        ctx.reject_lines(NAME, src.name, numbers[bad].tolist(),
+                         "arrival line '<=' without a sender address",
+                         lines.take(pa.array(raw_idx[bad])))
+        kind[broken] = -5
+    cols = {"ts": pa.concat_arrays(stamps), "queue_id": pa.concat_arrays(
+        [q.cast(_STR) for q in qids])}
+    host = pa.concat_arrays([h.cast(_STR) for h in hosts])
+    return _records(cols, f, kind, kind >= 0, file_idx, numbers, host)
+
+
+def _mark_rejected_after_data(text: pa.Array, kind: np.ndarray) -> None:
+    """A message line naming F= and 'rejected ' (after DATA, or by local_scan) closes it."""
+    other = np.flatnonzero(kind == OTHER)
+    if not len(other):
+        return
+    sub = text.take(pa.array(other))
+    hit = _mask(pc.match_substring(sub, "rejected ")).to_numpy(zero_copy_only=False)
+    hit &= _mask(pc.match_substring_regex(sub, r"(?:^|\s)F=")).to_numpy(zero_copy_only=False)
+    kind[other[hit]] = REJECTED
+
+
+def _parse_slow(lines: pa.Array, numbers: np.ndarray, src: Source, ctx: IngestContext,
+                year: int, split_state: dict) -> dict:
+    """The general path: syslog wrappers, split parts, decorated timestamps, daemon lines.
+    Accounts for the lines that take no part in correlation; returns the message lines."""
     blank = _mask(pc.equal(pc.utf8_trim_whitespace(lines), "")).to_numpy(zero_copy_only=False)
     plain, host, pid, part = _strip_syslog(lines, year)
     plain, cont, lost = _join_split_parts(plain, host, pid, part, split_state)
     cols, kind, _body = _parse_lines(plain, ctx.options.tz)
     kind[blank] = -3
     kind[cont | lost] = -4
-    # Accounting for lines that take no part in correlation.
     ctx.skipped(src.name, NAME, "blank line", int(blank.sum()))
     ctx.skipped(src.name, NAME, "syslog continuation part [n/m] (joined to part 1)",
                 int(cont.sum()))
@@ -653,20 +1199,15 @@ def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
                 int(lost.sum()))
     bad = np.flatnonzero(kind == -2)
     if len(bad):
-        ctx.reject_lines(NAME, src.name, (bad + first_line).tolist(),
+        ctx.reject_lines(NAME, src.name, numbers[bad].tolist(),
                          "not an Exim log line (no 'YYYY-MM-DD HH:MM:SS' timestamp)",
                          lines.take(pa.array(bad)))
     _skip_noise(cols["text"], kind == -1, src, ctx)
-    f = _fields(cols["text"], kind)
-    # A line that claims to be an arrival but names no sender cannot be a message row.
-    broken = (kind == ARRIVAL) & ~pc.is_valid(f["p1_sender"]).to_numpy(zero_copy_only=False)
-    if broken.any():
-        idx = np.flatnonzero(broken)
-        ctx.reject_lines(NAME, src.name, (idx + first_line).tolist(),
-                         "arrival line '<=' without a sender address", lines.take(pa.array(idx)))
-        kind[broken] = -5
     keep = kind >= 0
-    return _records(cols, f, kind, keep, file_idx, first_line, host)
+    sel = pa.array(keep)
+    return {"keep": keep, "kind": kind[keep], "text": cols["text"].filter(sel),
+            "ts": cols["ts"].filter(sel), "queue_id": cols["queue_id"].filter(sel),
+            "host": host.filter(sel)}
 
 
 def _skip_noise(text: pa.Array, mask: np.ndarray, src: Source, ctx: IngestContext) -> None:

@@ -84,23 +84,112 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
 
 
 def _read_one(src: Source, ctx: IngestContext) -> Iterator[pa.RecordBatch]:
-    """Commands of one file, parsed block by block; transactions are rebuilt per file (IIS
-    rolls its SMTP log daily by default, and these servers carry little mail)."""
+    """Commands of one file, block by block, streamed: after each block the sessions that are
+    over (QUIT seen, or idle for MATCH_WINDOW of log time) become transactions, and the
+    transactions that are paired (or too old to be) become rows; the rest is carried to the
+    next block. Memory is bounded by the block size plus the sessions in flight."""
     fields: list[str] | None = None
-    parts: list[pd.DataFrame] = []
+    state = _Stream()
     for first_line, lines in iter_line_blocks(src, ctx.options.chunk_bytes):
         ctx.lines_read(src.name, NAME, len(lines))
+        parts = []
         for start, stop, seg_fields in list(_segments(lines, fields)):
             fields = seg_fields  # the last header of this block carries into the next
             df = _parse_segment(lines.slice(start, stop - start), first_line + start, fields,
                                 src, ctx)
             if df is not None and len(df):
                 parts.append(df)
-    if not parts:
-        return
-    batch = _transactions(pd.concat(parts, ignore_index=True), src, ctx)
+        del lines
+        batch = state.feed(parts, src, ctx, final=False)
+        if batch is not None:
+            yield batch
+    batch = state.feed([], src, ctx, final=True)
     if batch is not None:
         yield batch
+
+
+class _Stream:
+    """What one file carries between blocks: command rows of open sessions, and transactions
+    waiting for their inbound/outbound partner."""
+
+    def __init__(self):
+        self.rows: pd.DataFrame | None = None
+        self.inbound: pd.DataFrame | None = None
+        self.outbound: pd.DataFrame | None = None
+        self.clock: pd.Timestamp | None = None  # latest log time seen
+        self.next_tid = 0
+
+    def feed(self, parts: list[pd.DataFrame], src: Source, ctx: IngestContext, final: bool
+             ) -> pa.RecordBatch | None:
+        frames = [f for f in [self.rows, *parts] if f is not None and len(f)]
+        rows = pd.concat(frames, ignore_index=True) if frames else None
+        if rows is not None and len(rows):
+            latest = rows["ts"].max()
+            self.clock = latest if self.clock is None else max(self.clock, latest)
+        if rows is not None and len(rows):
+            done = np.ones(len(rows), dtype=bool) if final else _closed_sessions(rows, self.clock)
+            self.rows = rows[~done]
+            self._transactions(rows[done], src, ctx)
+        return self._pair_and_emit(src, ctx, final)
+
+    def _transactions(self, rows: pd.DataFrame, src: Source, ctx: IngestContext) -> None:
+        if not len(rows):
+            return
+        rows = _skip_session_commands(rows, src, ctx)
+        inbound = _inbound(rows[~rows["outbound"]], src, ctx)
+        outbound = _outbound(rows[rows["outbound"]], src, ctx)
+        for name, new in (("inbound", inbound), ("outbound", outbound)):
+            new = new.assign(tid=np.arange(self.next_tid, self.next_tid + len(new)))
+            self.next_tid += len(new)
+            old = getattr(self, name)
+            setattr(self, name, new if old is None or not len(old)
+                    else pd.concat([old, new], ignore_index=True))
+
+    def _pair_and_emit(self, src: Source, ctx: IngestContext, final: bool
+                       ) -> pa.RecordBatch | None:
+        if self.inbound is None or self.outbound is None:
+            return None
+        if not len(self.inbound) and not len(self.outbound):
+            return None
+        if not len(self.outbound):  # nothing to pair with (merging with nothing fails)
+            both = self.inbound.assign(ts_out=pd.NaT, tid_out=np.nan)
+        elif not len(self.inbound):
+            both = self.outbound.add_suffix("_out").assign(ts=pd.NaT, tid=np.nan)
+        else:
+            both = _pair(self.inbound, self.outbound)
+        # Emit what is paired, and what is too old to find a partner now; keep the rest.
+        paired = both["ts"].notna() & both["ts_out"].notna()
+        ts = both["ts"].where(both["ts"].notna(), both["ts_out"])
+        emit = paired | (ts <= self.clock - MATCH_WINDOW) if not final else paired | True
+        keep = both[~emit]
+        self.inbound = self.inbound[self.inbound["tid"].isin(keep["tid"].dropna())]
+        self.outbound = self.outbound[self.outbound["tid"].isin(keep["tid_out"].dropna())]
+        both = both[emit].reset_index(drop=True)
+        return _build(both, src, ctx) if len(both) else None
+
+
+def _closed_sessions(rows: pd.DataFrame, clock: pd.Timestamp) -> np.ndarray:
+    """Per command row: does its session end before the end of what has been read?
+
+    A session is the rows of one inbound client (c-ip + HELO name) or one outbound remote
+    address, up to a QUIT (or the 221 reply after it); a client silent for MATCH_WINDOW of log
+    time is over too. Rows after a client's last QUIT are carried to the next block."""
+    outbound = rows["user"].isin([_OUT_CMD, _OUT_RSP])
+    key = np.where(outbound, "out|" + rows["client"].fillna(""),
+                   "in|" + rows["client"].fillna("") + "|" + rows["user"].fillna(""))
+    order = pd.DataFrame({"key": key, "ts": rows["ts"].to_numpy(), "line": rows["line"]
+                          .to_numpy()}).sort_values(["key", "ts", "line"], kind="stable")
+    method = rows["method"].to_numpy()
+    query = rows["query"].fillna("").to_numpy(dtype=object)
+    is_end = (method == "QUIT") & (~outbound.to_numpy() | (rows["user"].to_numpy() == _OUT_CMD))
+    is_end |= outbound.to_numpy() & pd.Series(query).str.startswith("221").to_numpy()
+    ends = pd.Series(is_end[order.index.to_numpy()], index=order.index)
+    # Rows at or before the key's last end: reverse cumulative count of ends per key.
+    later_end = ends[::-1].groupby(order["key"][::-1]).cumsum()[::-1] > 0
+    idle = order.groupby("key")["ts"].transform("max") <= clock - MATCH_WINDOW
+    done = np.zeros(len(rows), dtype=bool)
+    done[order.index.to_numpy()] = (later_end | idle).to_numpy()
+    return done
 
 
 def _parse_segment(lines: pa.Array, line0: int, fields: list[str] | None, src: Source,
@@ -154,7 +243,8 @@ def _parse_segment(lines: pa.Array, line0: int, fields: list[str] | None, src: S
         "computer": (col["s-computername"].filter(pa.array(keep)).to_pandas()
                      if "s-computername" in col else None),
     })
-    return _skip_session_commands(frame, src, ctx)
+    frame["outbound"] = frame["user"].isin([_OUT_CMD, _OUT_RSP])
+    return frame
 
 
 def _why_not_w3c(rows: pa.Array, otherwise: str) -> pa.Array:
@@ -181,7 +271,6 @@ def _skip_session_commands(frame: pd.DataFrame, src: Source, ctx: IngestContext)
     inbound_msg = ~outbound & frame["method"].isin(_TRANSACTION)
     ctx.skipped(src.name, NAME, "inbound session command (HELO/EHLO/QUIT/AUTH/STARTTLS/xxxx)",
                 int((~outbound & ~inbound_msg).sum()))
-    frame["outbound"] = outbound
     return frame[outbound | inbound_msg]
 
 
@@ -286,12 +375,8 @@ def _strs(values) -> pa.Array:
     return pa.array(ser.where(ser.notna(), None).tolist(), _STR)
 
 
-def _transactions(rows: pd.DataFrame, src: Source, ctx: IngestContext) -> pa.RecordBatch | None:
-    inbound = _inbound(rows[~rows["outbound"]], src, ctx)
-    outbound = _outbound(rows[rows["outbound"]], src, ctx)
-    both = _pair(inbound, outbound)
-    if both.empty:
-        return None
+def _build(both: pd.DataFrame, src: Source, ctx: IngestContext) -> pa.RecordBatch | None:
+    """Rows of paired (or lone) inbound/outbound transactions -> a messages batch."""
     for col in ("ts", "line", "p1_sender", "recipients", "n_lines"):
         if col not in both:
             both[col] = None
@@ -300,20 +385,20 @@ def _transactions(rows: pd.DataFrame, src: Source, ctx: IngestContext) -> pa.Rec
     line = both["line"].where(has_in, both.get("line_out"))
     p1 = both["p1_sender"].where(has_in, both.get("p1_sender_out"))
     recipients = both["recipients"].where(has_in, both.get("recipients_out"))
-    relayed = both.get("relay_host_out", pd.Series(None, index=both.index))
-    first_failure = both.get("first_failure_out", pd.Series(None, index=both.index))
-    last_reply = both.get("last_reply_out", pd.Series(None, index=both.index))
-    has_out = both.get("ts_out", pd.Series(None, index=both.index)).notna()
+    relayed = both.get("relay_host_out", pd.Series(None, index=both.index, dtype=object))
+    first_failure = both.get("first_failure_out", pd.Series(None, index=both.index, dtype=object))
+    last_reply = both.get("last_reply_out", pd.Series(None, index=both.index, dtype=object))
+    has_out = both.get("ts_out", pd.Series(None, index=both.index, dtype=object)).notna()
     # Inbound replies are only codes (sc-status); a refused RCPT or DATA means the message
     # stopped here ("none", like Postfix's relay=none).
-    in_fail = both.get("data_status", pd.Series(None, index=both.index)).fillna("").str.match(
-        r"^[45]") | (both.get("data_status", pd.Series(None, index=both.index)).isna()
-                     & both.get("rcpt_status", pd.Series(None, index=both.index)).fillna("")
+    in_fail = both.get("data_status", pd.Series(None, index=both.index, dtype=object)).fillna("").str.match(
+        r"^[45]") | (both.get("data_status", pd.Series(None, index=both.index, dtype=object)).isna()
+                     & both.get("rcpt_status", pd.Series(None, index=both.index, dtype=object)).fillna("")
                      .str.match(r"^[45]"))
     response = first_failure.where(first_failure.notna(), last_reply)
-    in_code = both.get("data_status", pd.Series(None, index=both.index)).where(
-        both.get("data_status", pd.Series(None, index=both.index)).notna(),
-        both.get("rcpt_status", pd.Series(None, index=both.index)))
+    in_code = both.get("data_status", pd.Series(None, index=both.index, dtype=object)).where(
+        both.get("data_status", pd.Series(None, index=both.index, dtype=object)).notna(),
+        both.get("rcpt_status", pd.Series(None, index=both.index, dtype=object)))
     response = response.where(has_out, in_code)
     status = np.select(
         [has_out & first_failure.fillna("").str.match(r"^5"),
@@ -321,7 +406,7 @@ def _transactions(rows: pd.DataFrame, src: Source, ctx: IngestContext) -> pa.Rec
          has_out, in_fail & has_in],
         ["bounced", "deferred", "relayed", "rejected"], default="received")
     relay_host = relayed.where(has_out, np.where(in_fail & has_in, "none", None))
-    incomplete = has_in & ~has_out & both.get("data_status", pd.Series(None, index=both.index)
+    incomplete = has_in & ~has_out & both.get("data_status", pd.Series(None, index=both.index, dtype=object)
                                               ).isna() & ~in_fail
     n = len(both)
     lines_used = both["n_lines"].fillna(0) + both.get("n_lines_out", pd.Series(0, index=both.index)).fillna(0)
@@ -337,16 +422,16 @@ def _transactions(rows: pd.DataFrame, src: Source, ctx: IngestContext) -> pa.Rec
         "source_file": pa.array([src.name] * n, _STR),
         "source_line": pa.array(line.astype("int64"), pa.int64()),
         "host": _strs(host_col.to_numpy()),
-        "message_id": _strs(both.get("message_id", pd.Series(None, index=both.index)).to_numpy()),
+        "message_id": _strs(both.get("message_id", pd.Series(None, index=both.index, dtype=object)).to_numpy()),
         "p1_sender": _strs(p1.to_numpy()),
-        "client_ip": _strs(both.get("client", pd.Series(None, index=both.index)).to_numpy()),
+        "client_ip": _strs(both.get("client", pd.Series(None, index=both.index, dtype=object)).to_numpy()),
         "relay_host": _strs(pd.Series(relay_host).to_numpy()),
         "recipients": pa.array([list(r) if isinstance(r, list) else [] for r in recipients],
                                pa.list_(_STR)),
         "status": pa.array(list(status), _STR),
         "response": _strs(pd.Series(response).to_numpy()),
         "is_ndr": pa.array((p1.fillna("x") == "<>").tolist(), pa.bool_()),
-        "size": pa.array(pd.to_numeric(both.get("size", pd.Series(None, index=both.index)),
+        "size": pa.array(pd.to_numeric(both.get("size", pd.Series(None, index=both.index, dtype=object)),
                                        errors="coerce").to_numpy(dtype=float),
                          pa.float64(), from_pandas=True).cast(pa.int64()),
         "logged_by_exo": pa.array([False] * n),

@@ -79,3 +79,62 @@ def test_real_samples(real_samples):
     assert ext["p1_sender"] == "" and ext["is_ndr"] and ext["p2_sender"] is None
     assert ext["relay_host"] == "global-mail-onmicrosoft-com.mail.protection.outlook.com"
     assert m["29519319995411"]["relay_host"] == "exchange.example.com"
+
+
+def test_server_generated_ndr_gets_the_host_of_its_file(test_data):
+    # The NDR (source DSN, return-path <>) has no RECEIVE event: its host is the server whose
+    # log it is, as the RECEIVE rows of the same file name it (no --host given).
+    rows, rej, _ = run([test_data / "exchange-tracking" / "ndr_server_generated.log"])
+    assert not rej
+    m = {r["queue_id"]: r for r in rows}
+    assert m["7001"]["host"] == "EXCH01" and not m["7001"]["is_ndr"]
+    ndr = m["7002"]
+    assert ndr["is_ndr"] and ndr["p1_sender"] == "" and ndr["host"] == "EXCH01"
+    assert ndr["relay_host"] == "contoso-com.mail.protection.outlook.com"
+    assert ndr["response"] == "250 2.6.0 <0f3a9c1e-ndr@EXCH01.contoso.com> Queued mail for delivery"
+    assert ndr["source_line"] == 8 and ndr["recipients"] == ["sender@fabrikam.com"]
+    assert ndr["size"] == 6120
+
+
+def test_ndr_only_file_takes_host_from_source(test_data):
+    # No RECEIVE row in the file at all: the host is the one the file was given (--host).
+    rows, rej, _ = run([test_data / "exchange-tracking" / "ndr_only_file.log"], host="exch02")
+    assert not rej and len(rows) == 1
+    assert rows[0]["host"] == "exch02" and rows[0]["is_ndr"]
+    rows, _, _ = run([test_data / "exchange-tracking" / "ndr_only_file.log"])
+    assert rows[0]["host"] is None  # nothing names the server
+
+
+def test_block_size_does_not_change_rows(test_data, sample_logs):
+    # Plain blocks take the fast path (row i = line first+i), blocks with headers or multi-line
+    # values the careful one; both must give the same rows and line numbers.
+    paths = [test_data / "exchange-tracking" / "ndr_server_generated.log",
+             sample_logs / "exchange" / "MSGTRK2026110208-1.LOG"]
+    key = ("queue_id", "source_line", "host", "relay_host", "response", "recipients", "size",
+           "recipient_domains", "p1_domain", "p2_domain", "status", "incomplete")
+
+    def rows_of(chunk):
+        rows, rej, ctx = run(paths, host="exch01", chunk_bytes=chunk)
+        assert not rej
+        return sorted(tuple(str(r[k]) for k in key) for r in rows), ctx.accounting.totals()
+
+    big, big_totals = rows_of(None)
+    for chunk in (700, 2000, 5000):
+        small, totals = rows_of(chunk)
+        assert small == big and totals == big_totals, chunk
+
+
+def test_bad_date_rejected_with_its_raw_line(tmp_path, test_data):
+    src = (test_data / "exchange-tracking" / "ndr_server_generated.log").read_text("utf-8-sig")
+    lines = src.splitlines(keepends=True)
+    lines[6] = lines[6].replace("2026-11-03T10:00:01.300Z", "03.11.2026 10:00:01")
+    path = tmp_path / "MSGTRK20261103-1.LOG"
+    path.write_text("".join(lines), encoding="utf-8", newline="")
+    rows, rej, ctx = run([path])
+    assert [(r["source_line"], r["reason"]) for r in rej] == [
+        (7, "date-time is not an ISO 8601 UTC time")]
+    assert rej[0]["raw"] == lines[6].rstrip("\r\n")
+    m = {r["queue_id"]: r for r in rows}
+    assert set(m) == {"7001", "7002"}
+    # without its SENDEXTERNAL the application message never left: still open at end of log
+    assert m["7001"]["incomplete"] is True and m["7001"]["relay_host"] is None

@@ -104,3 +104,64 @@ def test_real_ossec_sample(real_samples, tmp_path):
     assert senders["EldonpyzWestoncusk@sbcglobal.net"]["size"] == 1399
     assert senders["ossecm@HULK"]["message_id"] == "MEE-PDCfSDGAIXWb9DY00001e05@mee-pdc.meelift.com"
     assert_every_line_accounted(ctx)
+
+
+def _busy_day(path: Path) -> None:
+    """A day of interleaved inbound sessions, their relays to Exchange Online (some refused),
+    a client that never sends QUIT, and an outbound-only NDR: enough lines for tiny blocks."""
+    head = ("#Software: Microsoft Internet Information Services 6.0\n#Version: 1.0\n"
+            "#Fields: date time c-ip cs-username s-computername cs-method cs-uri-query sc-status "
+            "cs-bytes\n")
+    out = [head]
+    for i in range(40):
+        t = 8 * 3600 + i * 300  # one message every five minutes, 08:00 onwards
+        hhmm = lambda s: f"2026-03-02 {s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"  # noqa: E731
+        ip, helo = f"203.0.113.{80 + i % 3}", f"MFP-{i % 3}"
+        sender, rcpt = f"scan{i}@contoso.com", f"user{i}@fabrikam.com"
+        out += [f"{hhmm(t)} {ip} {helo} IIS01 EHLO +{helo} 250 17\n",
+                f"{hhmm(t)} {ip} {helo} IIS01 MAIL +FROM:+<{sender}> 250 40\n",
+                f"{hhmm(t)} {ip} {helo} IIS01 RCPT +TO:+<{rcpt}> 250 30\n",
+                f"{hhmm(t + 1)} {ip} {helo} IIS01 DATA +<m{i}@contoso.com> 250 {1000 + i}\n"]
+        if i % 7 != 3:  # some clients just drop the connection
+            out.append(f"{hhmm(t + 1)} {ip} {helo} IIS01 QUIT {helo} 240 4\n")
+        eop = "192.0.2.220"
+        reply = ("550+5.7.64+TenantAttribution;+Relay+Access+Denied" if i % 4 == 0
+                 else "250+2.6.0+Queued+mail+for+delivery")
+        out += [f"{hhmm(t + 2)} {eop} OutboundConnectionResponse IIS01 - 220+"
+                "BN8NAM12FT091.mail.protection.outlook.com+Microsoft+ESMTP+MAIL+Service+ready 0 0\n",
+                f"{hhmm(t + 2)} {eop} OutboundConnectionCommand IIS01 MAIL FROM:<{sender}> 0 0\n",
+                f"{hhmm(t + 2)} {eop} OutboundConnectionCommand IIS01 RCPT TO:<{rcpt}> 0 0\n",
+                f"{hhmm(t + 3)} {eop} OutboundConnectionResponse IIS01 - {reply} 0 0\n",
+                f"{hhmm(t + 3)} {eop} OutboundConnectionCommand IIS01 QUIT - 0 0\n",
+                f"{hhmm(t + 3)} {eop} OutboundConnectionResponse IIS01 - 221+2.0.0+Bye 0 0\n"]
+    out += ["2026-03-02 12:00:00 192.0.2.220 OutboundConnectionCommand IIS01 MAIL FROM:<> 0 0\n",
+            "2026-03-02 12:00:00 192.0.2.220 OutboundConnectionCommand IIS01 RCPT "
+            "TO:<orders@fabrikam.com> 0 0\n"]
+    path.write_text("".join(out))
+
+
+def test_tiny_blocks_stream_to_the_same_rows(sample_logs, tmp_path):
+    """Streaming: sessions open at a block end are carried, transactions wait for their
+    partner; any block size gives the same rows and the same line accounting."""
+    busy = tmp_path / "ex260302.log"
+    _busy_day(busy)
+    for path in (busy, sample_logs / "iis-smtp" / "ex260302.log",
+                 DATA / "custom_fields_and_ncsa.log"):
+        whole, ctx_whole, rej_whole = run([path], chunk_bytes=64 * 1024 * 1024)
+        small, ctx_small, rej_small = run([path], chunk_bytes=300 if path != busy else 4000)
+        key = lambda rows: sorted(  # noqa: E731
+            (r["source_line"], r["p1_sender"] or "", r["status"], r["relay_host"] or "",
+             r["response"] or "", tuple(r["recipients"]), r["incomplete"]) for r in rows)
+        assert key(small) == key(whole), path
+        assert ctx_small.accounting.to_json() == ctx_whole.accounting.to_json()
+        assert sorted(r["source_line"] for r in rej_small) == sorted(
+            r["source_line"] for r in rej_whole)
+        assert_every_line_accounted(ctx_small)
+    rows, _, _ = run([busy], chunk_bytes=4000)
+    assert len(rows) == 41  # 40 relayed pairs + the outbound-only NDR
+    refused = by_sender(rows)["scan8@contoso.com"]
+    assert refused["status"] == "bounced" and refused["size"] == 1008
+    assert refused["response"].startswith("550 5.7.64 TenantAttribution")
+    assert refused["relay_host"] == "BN8NAM12FT091.mail.protection.outlook.com"
+    assert by_sender(rows)["scan9@contoso.com"]["status"] == "relayed"
+    assert by_sender(rows)[""]["is_ndr"] is True

@@ -266,3 +266,87 @@ def test_real_queue_id_reuse_sample(real_samples: Path):
     rows, _, _ = run([real_samples / "postfix" / "lightmeter-14_reuse_of_queueid.log"], year=2020)
     reused = [r for r in rows if r["queue_id"] == "BABABABABA"]
     assert len(reused) == 2 and len(rows) == 72
+
+
+# The delivery and header_checks lines are read with splits, not one regex; these are the
+# regexes they replace (postfix 3.x smtp(8) / cleanup(8) formats), checked on tricky lines.
+_DELIVERY_RE = re.compile(
+    r"^to=<?(?P<to>[^>,]*)>?, (?:orig_to=<?[^>,]*>?, )?relay=(?P<relay>[^,]*), "
+    r"(?:.*?, )?status=(?P<status>[A-Za-z-]+)(?: \((?P<reply>.*?)\)?)?$"
+)
+_HEADER_RE = re.compile(
+    r"^[a-z_-]+: header (?P<name>[A-Za-z0-9-]+): (?P<value>.*) from [^;]*?; "
+    r"from=<(?P<p1>[^>]*)>(?: to=<(?P<to>[^>]*)>)?"
+)
+_DELIVERIES = [
+    "to=<a@fabrikam.com>, relay=contoso-com.mail.protection.outlook.com[198.51.100.201]:25, "
+    "delay=2.4, delays=0.6/0.01/0.9/0.9, dsn=5.7.64, status=bounced (host x[198.51.100.201] said: "
+    "550 5.7.64 TenantAttribution; Relay Access Denied (in reply to MAIL FROM command))",
+    "to=<a@fabrikam.com>, orig_to=<b@contoso.com>, relay=local, delay=0.1, status=sent (delivered to mailbox)",
+    "to=b@fabrikam.com, relay=none, delay=30, dsn=4.4.1, status=deferred (connect to "
+    "contoso-com.mail.protection.outlook.com[198.51.100.201]:25: Connection timed out)",
+    "to=<a@fabrikam.com>, relay=dovecot, delay=0.1, dsn=2.0.0, status=sent",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, conn_use=2, delay=1, status=sent (250 ok (queued))",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, delay=1, status=sent(no space)",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, delay=1, status=sent trailing words",
+    "to=<a@fabrikam.com>, delay=1, status=sent (no relay)",
+    "to=<a,b@fabrikam.com>, relay=x, status=sent (comma in address)",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, delay=1, status=",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, delay=1, status=bounced ()",
+    "to=<a@fabrikam.com>, relay=x[192.0.2.1]:25, delay=1, status=sent (",
+    "to=<>, relay=x,y, delay=1, status=sent (comma in relay)",
+    "to=<a@fabrikam.com>, orig_to=<b,c@contoso.com>, relay=x, status=sent (comma in orig_to)",
+    "to=<a@fabrikam.com>,relay=x, status=sent (no space after comma)",
+    "to=<a@fabrikam.com>, relay=x, delay=1, status=sent (ünïcode reply ✓)",
+    "to=<a>b@fabrikam.com>, relay=x, status=sent",
+    "to=<a@fabrikam.com>, relay=x",
+]
+_HEADERS = [
+    "info: header From: App <invoices@contoso.com> from erp01[203.0.113.50]; from=<noreply@erp.corp.local> "
+    "to=<a@fabrikam.com> proto=ESMTP helo=<erp01>",
+    "warning: header Subject: Invoice from March from Contoso from x[192.0.2.1]; from=<a@contoso.com> "
+    "proto=SMTP helo=<x>",
+    "info: header Sender: root@relay01 (Cron Daemon) from local; from=<root@relay01>",
+    "info: header From: a; from=<b> trick from x[192.0.2.1]; from=<c@contoso.com> to=<d@fabrikam.com>",
+    "info: header From: no client part; from=<c@contoso.com>",
+    "info: header From: x from y[192.0.2.1]; from=<unterminated",
+    "info: header From: x from y[192.0.2.1]; from=<p1@contoso.com> to=<unterminated",
+]
+
+
+def test_delivery_fields_match_the_postfix_delivery_regex():
+    got = postfix._delivery_fields(pa.array(_DELIVERIES))
+    for i, line in enumerate(_DELIVERIES):
+        m = _DELIVERY_RE.match(line)
+        assert bool(got["valid"][i]) == (m is not None), line
+        if m:
+            assert got["to"][i].as_py() == m["to"], line
+            assert got["relay"][i].as_py() == m["relay"], line
+            assert got["status"][i].as_py() == m["status"], line
+            assert got["reply"][i].as_py() == (m["reply"] or ""), line
+
+
+def test_header_fields_match_the_header_checks_regex():
+    got = postfix._header_fields(pa.array(_HEADERS))
+    for i, line in enumerate(_HEADERS):
+        m = _HEADER_RE.match(line)
+        assert bool(got["valid"][i]) == (m is not None), line
+        if m:
+            for f in ("name", "value", "p1"):
+                assert got[f][i].as_py() == m[f], (f, line)
+            assert got["to"][i].as_py() == (m["to"] or ""), line
+
+
+def test_spread_strings_puts_values_at_rows_without_copying_text():
+    import numpy as np
+
+    cases = [
+        (pa.array(["", ""]), [None, "", None, "", None, None]),
+        (pa.array([None, None], pa.string()), [None] * 6),
+        (pa.array(["ab", None, "c"]).slice(1), [None, None, None, "c", None, None]),
+        (pa.array(["x", "yy", "zzz"]), [None, "x", None, "yy", "zzz", None]),
+    ]
+    for values, want in cases:
+        out = postfix._spread_strings(6, np.array([1, 3, 4][: len(values)]), values)
+        out.validate(full=True)
+        assert out.to_pylist() == want

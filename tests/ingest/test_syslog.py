@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.ingest.base import Source
@@ -128,3 +129,65 @@ def test_rotated_files_ordered_by_first_timestamp(tmp_path: Path):
         os.utime(f, (stamp, stamp))
     ordered = order_by_time([Source(newest), Source(oldest), Source(older)])
     assert [s.path.name for s in ordered] == ["maillog.2.gz", "maillog.1", "maillog"]
+
+
+# The fast path (RawLines + parse_prefix_raw) must give exactly what parse_prefix gives, for
+# plain RFC 3164 lines and for every line it hands over to parse_prefix.
+_MIXED = [
+    "Jun  3 10:40:57 relay01 postfix/smtpd[9708]: 4AA091855DA0: client=app01[203.0.113.50]",
+    "Dec 31 23:59:59 relay01 postfix/qmgr[1021]: 4AA091855DA0: removed",
+    "Feb 29 12:00:00 relay01 postfix/qmgr[1021]: leap day (2024 only)",
+    "Feb 30 10:00:00 h p[1]: impossible date",
+    "Jun  3 24:00:00 h p[1]: hour 24",
+    "Jun  3 23:59:60 h p[1]: leap second",
+    "Mar 7 02:09:33 server postfix/smtpd[27246]: unpadded day",
+    "Jun 17 14:37:39 <mail.notice> robin sm-mta[2794]: facility token",
+    "Jun  3 10:40:59 mail dovecot: lmtp(9956): tag without pid",
+    "Jun  3 10:40:59 mail tag::: colons",
+    "Jun  3 10:40:59 mail postfix/smtpd[1]: ",
+    "Jun  3 10:40:59 mail postfix/smtpd[1]:",
+    "Jun  3 10:40:57 mail",
+    "Jun  3 10:40:57  doublespace p[1]: x",
+    "2016-03-23T01:09:28.962188+01:00 tron postfix/smtpd[472]: warning: iso",
+    "2023-01-01T10:00:00+0100 host postfix/smtpd[123]: short-iso",
+    "<22>1 2023-01-01T10:00:00Z relay01 postfix/qmgr 1021 - - ABC123DEF0: removed",
+    "<13>Feb  5 17:32:18 10.0.0.99 sm-mta[5]: pri",
+    "",
+    "   ",
+    "garbage",
+    "Jun  3 10:40:57 hôst-ünïcode postfix/smtpd[1]: ünïcode message ✓",
+    "Jun  3 10:40:57 h p[1]: short",
+    "Jun  3 10:40:57 a-very-long-host-name.example.com postfix/submission/smtpd[99999]: " + "x" * 300,
+]
+
+
+def test_fast_prefix_path_matches_general_parser():
+    from zoneinfo import ZoneInfo
+
+    from pipeline.ingest.syslog import parse_prefix_raw, raw_lines
+
+    block = ("\n".join(_MIXED) + "\n").encode()
+    for kw in ({"clock": JAN_2027}, {"year": 2024}, {"clock": JAN_2027, "tz": ZoneInfo("Europe/Berlin")}):
+        raw = raw_lines(block)
+        fast = parse_prefix_raw(raw, **kw)
+        slow = parse_prefix(pa.array(_MIXED), **kw)
+        assert fast.ts.equals(slow.ts)
+        assert fast.host(np.arange(len(_MIXED))).equals(slow.host)
+        assert fast.program.equals(slow.program)
+        assert fast.error.equals(slow.error)
+        ok = fast.ok
+        assert ok.tolist() == pa.compute.is_null(slow.error).to_pylist()
+        messages = raw.slices(fast.msg_start[ok], raw.ends[ok])
+        assert messages.to_pylist() == slow.message.filter(pa.array(ok)).to_pylist()
+        assert fast.ok.sum() < len(_MIXED)  # the bad lines above are not ok
+
+
+def test_raw_lines_crlf_invalid_utf8_and_short_values():
+    from pipeline.ingest.syslog import raw_lines
+
+    raw = raw_lines(b"a\r\nb\xff c\r\n\r\nlast\n")
+    assert raw.lines().to_pylist() == ["a", "b\ufffd c", "", "last"]
+    # Values of every length around the 12-byte inline limit of the string_view layout.
+    text = "".join(f"{'x' * i}\n" for i in range(20))
+    raw = raw_lines(text.encode())
+    assert raw.lines().to_pylist() == ["x" * i for i in range(20)]
