@@ -25,8 +25,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check pipeline tests benchmarks
 
+# Benchmarks (minutes; not part of the tests). Sizes as the issues state them.
 bench: setup
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_engine.py --messages 10e6
+	$(BIN)/python benchmarks/bench_exchange_tracking.py --size-mb 1000
+	$(BIN)/python benchmarks/bench_postfix.py --size-mb 1024
+	$(BIN)/python benchmarks/bench_exim.py --size-mb 200
 
 clean:
 	rm -rf $(OUT) .pytest_cache
