@@ -36,6 +36,7 @@ from ..normalize import (
     header_sender,
     list_domains_joined,
     normalise_domain,
+    per_distinct,
 )
 from ..schema import MESSAGES, REJECTS
 
@@ -226,13 +227,6 @@ def _dict(arr: pa.Array) -> pa.Array:
     return pc.dictionary_encode(arr).cast(pa.dictionary(pa.int32(), pa.string()))
 
 
-def _per_distinct(arr: pa.Array, fn) -> pa.Array:
-    """fn applied to the distinct values of a string column, broadcast back with one take."""
-    arr = arr.cast(pa.string()) if not pa.types.is_dictionary(arr.type) else arr
-    enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
-    return fn(enc.dictionary.cast(pa.string())).take(enc.indices)
-
-
 def make_messages(columns: dict[str, pa.Array | list], length: int | None = None) -> pa.RecordBatch:
     """Build a `messages` batch from whatever columns a format knows.
 
@@ -256,16 +250,16 @@ def make_messages(columns: dict[str, pa.Array | list], length: int | None = None
 
     # Senders repeat (one application, many messages): normalise each distinct value once.
     if "p1_sender" in cols:
-        cols["p1_sender"] = _per_distinct(cols["p1_sender"], envelope_sender)
+        cols["p1_sender"] = per_distinct(cols["p1_sender"], envelope_sender)
     if "p2_sender" in cols:
-        cols["p2_sender"] = _per_distinct(cols["p2_sender"], header_sender)
+        cols["p2_sender"] = per_distinct(cols["p2_sender"], header_sender)
     if "p1_sender" in cols:
         # Derived once here so the engine never has to read the high-cardinality p1_sender.
         cols["null_sender"] = pc.equal(pc.binary_length(cols["p1_sender"]), 0)
     if "p1_domain" not in cols and "p1_sender" in cols:
-        cols["p1_domain"] = domain_of(cols["p1_sender"])
+        cols["p1_domain"] = per_distinct(cols["p1_sender"], domain_of)
     if "p2_domain" not in cols and "p2_sender" in cols:
-        cols["p2_domain"] = domain_of(cols["p2_sender"])
+        cols["p2_domain"] = per_distinct(cols["p2_sender"], domain_of)
     for dom in ("p1_domain", "p2_domain"):
         if dom in cols and not pa.types.is_dictionary(cols[dom].type):
             cols[dom] = normalise_domain(cols[dom])

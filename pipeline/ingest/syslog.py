@@ -86,29 +86,8 @@ def lines_from_block(block: bytes) -> pa.StringArray:
 def iter_line_blocks(source: Source, block_bytes: int) -> Iterator[tuple[int, pa.StringArray]]:
     """(number of the block's first line, its lines) for the whole file, read `block_bytes` at a
     time and cut at the last line end (the partial line is carried into the next block)."""
-    line_no = 1
-    carry = b""
-    with source.open() as fh:
-        while True:
-            try:
-                data = fh.read(block_bytes)
-            except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
-                raise InputFormatError(
-                    f"{source.name}: cannot be read ({exc}); expected a syslog text file"
-                ) from exc
-            if not data:
-                break
-            buf = carry + data if carry else data
-            cut = buf.rfind(b"\n")
-            if cut < 0:
-                carry = buf
-                continue
-            block, carry = buf[: cut + 1], buf[cut + 1 :]
-            lines = lines_from_block(block)
-            yield line_no, lines
-            line_no += len(lines)
-    if carry:  # last line without a line end
-        yield line_no, lines_from_block(carry + b"\n")
+    for line_no, block, _count in iter_raw_blocks(source, block_bytes):
+        yield line_no, lines_from_block(block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,7 +481,7 @@ def raw_lines(block: bytes) -> RawLines:
 
 
 def iter_raw_blocks(source: Source, block_bytes: int) -> Iterator[tuple[int, bytes, int]]:
-    """Like iter_line_blocks, but yields (first line number, bytes of whole lines, number of
+    """The blocks of a file: (first line number, bytes of whole lines, number of
     lines) and leaves the cutting into lines (`raw_lines`) to the caller, so it can run on a
     worker thread."""
     line_no = 1
