@@ -43,7 +43,7 @@ import pyarrow.json as pajson
 from ..errors import InputFormatError
 from ..normalize import extract, parse_iso_utc
 from ..schema import TS
-from .base import IngestContext, Source, decode_head, make_messages, sniff_encoding
+from .base import IngestContext, Source, decode_head, make_messages, sniff_encoding, text_stream
 
 NAME = "exo-trace"
 DESCRIPTION = (
@@ -178,8 +178,27 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
     if invalid:
         bad_lines, bad_raw = numbering.rest(invalid)
         _reject_invalid(src, ctx, bad_lines, bad_raw)
+    _account_blank_lines(src, ctx)
     if tables:
         yield _dates(pa.concat_tables(tables), src, ctx)
+
+
+def _account_blank_lines(src: Source, ctx: IngestContext) -> None:
+    """pyarrow's CSV reader drops empty lines without a word: count the file's physical lines
+    (streamed in 1 MiB pieces) and book the difference as skipped blank lines."""
+    stream, _enc = text_stream(src)
+    total, last = 0, ""
+    with stream:
+        while piece := stream.read(1 << 20):
+            total += piece.count("\n")
+            last = piece[-1]
+    if last and last != "\n":
+        total += 1  # a last line without a line end
+    entry = ctx.accounting.file(src.name, NAME)
+    missing = total - entry["lines"]
+    if missing > 0:
+        ctx.lines_read(src.name, NAME, missing)
+        ctx.skipped(src.name, NAME, "blank line", missing)
 
 
 def _newlines_per_row(t: pa.Table) -> np.ndarray:

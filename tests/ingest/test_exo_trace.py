@@ -128,3 +128,16 @@ def test_real_json_samples(real_samples):
     r = by_mid(rows)["a210cf91-4f2e-484c-8ada-3b27064ee5e3@az.uksouth.production.microsoft.com"]
     assert r["ts"].isoformat() == "2022-09-05T18:10:13.490765+00:00"
     assert r["p1_sender"] == "azure-noreply@microsoft.com" and r["size"] == 87891
+
+
+def test_blank_lines_are_counted_as_skipped(test_data, tmp_path):
+    """pyarrow drops empty lines silently; every physical line must still be accounted for."""
+    text = (test_data / "exo-trace" / "select_subset_monthfirst.csv").read_text()
+    head, first, second = text.strip("\n").split("\n")
+    path = tmp_path / "with_blanks.csv"
+    path.write_text(f"{head}\n\n{first}\n\n\n{second}\n")
+    rows, rej, ctx = run([path])
+    assert len(rows) == 2 and not rej
+    acc = ctx.accounting.files[str(path)]
+    assert acc["lines"] == 6
+    assert acc["skipped"]["blank line"] == 3
