@@ -25,8 +25,9 @@ Postfix records too broken to read, are rejects.
 
 Speed: a block (8 MB of whole lines) stays one byte buffer; the syslog prefix, the queue id and
 the start of each record are byte offsets found with numpy (syslog.parse_prefix_raw), lines are
-classified by program on the few distinct tags, and only the text a record kind needs is cut out
-(through an Arrow string_view). Delivery (`to=`) and header_checks lines are read with
+classified by program on the few distinct tags, record kinds and daemon noise are told apart on
+the first 32 bytes of each record (syslog.RawLines.heads: integer compares, no string cut out),
+and only the text a record kind needs is cut out, once (through an Arrow string_view). Delivery (`to=`) and header_checks lines are read with
 `split_pattern` on ', ' / '; from=<' rather than one big regex; the remaining small regexes run
 only on the lines of their record kind. Correlation is a sort over the events of a block plus
 the messages still open (state carried across blocks and files, so memory is bounded by
@@ -54,6 +55,7 @@ from .base import IngestContext, Source, decode_head, make_messages
 from .syslog import (
     element,
     file_clock,
+    head_starts,
     iter_raw_blocks,
     last_element,
     order_by_time,
@@ -171,15 +173,6 @@ def _reply_text(reply: pa.Array) -> pa.Array:
         inner = pc.replace_substring_regex(inner, r" \(in reply to [^()]*\)$", "")
         reply = _put(reply, said, inner)
     return reply
-
-
-def _on(arr: pa.Array, mask: np.ndarray, test) -> np.ndarray:
-    """test(rows of arr where mask) -> a boolean mask over all of arr (false elsewhere)."""
-    out = np.zeros(len(arr), dtype=bool)
-    idx = np.flatnonzero(mask)
-    if len(idx):
-        out[idx] = test(arr.take(pa.array(idx)))
-    return out
 
 
 def _place(n: int, parts: list[tuple[np.ndarray, pa.Array]], typ: pa.DataType) -> pa.Array:
@@ -333,9 +326,8 @@ def parse_block(
     # 'QUEUEID: rest' / 'NOQUEUE: rest': the first word ends with ':' (the first ': ').
     m0 = p.msg_start[pf]
     e = raw.ends[pf]
-    spaces = raw.spaces()
     # The first space at or after the message start (a space of a later line fails sp < e).
-    sp = spaces[np.minimum(np.searchsorted(spaces, m0), len(spaces) - 1)] if len(spaces) else e
+    sp = raw.next_byte(m0, 32)
     has_colon = (sp < e) & (sp > m0)
     has_colon &= raw.buf[np.maximum(sp - 1, 0)] == 58
     cand = np.flatnonzero(has_colon)
@@ -351,23 +343,31 @@ def parse_block(
     other = ~is_qid & ~is_noq
     if other.any():
         o = np.flatnonzero(other)
-        m = raw.slices(m0[o], e[o])
+        om0, oe = m0[o], e[o]
+        heads = raw.heads(om0, oe)
+
+        def starts(*prefixes: str) -> np.ndarray:
+            # On the first bytes: most of these lines are skipped, their text is never cut out.
+            found = np.zeros(len(o), dtype=bool)
+            for prefix in prefixes:
+                found |= head_starts(heads, prefix)
+            return found
+
         d = _sub(daemon, o)
-        conn = (
-            _starts(m, "connect ")
-            | _starts(m, "disconnect from")
-            | _starts(m, "lost connection")
-            | _starts(m, "timeout after")
-            | _starts(m, "too many errors")
-            | _starts(m, "improper command pipelining")
-            | _starts(m, "SSL_accept error")
-            | _starts(m, "SSL_connect error")
+        conn = starts(
+            "connect ", "disconnect from", "lost connection", "timeout after", "too many errors",
+            "improper command pipelining", "SSL_accept error", "SSL_connect error",
         )
-        tls = _mask(pc.match_substring(m, "TLS connection established")) & ~conn
-        warn = (
-            _starts(m, "warning:") | _starts(m, "fatal:") | _starts(m, "panic:") | _starts(m, "error:")
-        ) & ~conn & ~tls
-        stats = (_starts(m, "statistics:") | _mask(pc.is_in(d, pa.array(["anvil", "scache"])))) & ~(
+        # 'Trusted TLS connection established to ...' / 'Anonymous TLS connection established
+        # from ...' (smtp(8), smtpd(8)): right after the first word; anywhere else in the line
+        # is checked on the text of the few lines left.
+        tls = head_starts(raw.heads(sp[o] + 1, oe), "TLS connection established") & ~conn
+        left = np.flatnonzero(~conn & ~tls)
+        if len(left):
+            text = raw.slices(om0[left], oe[left])
+            tls[left] = _mask(pc.match_substring(text, "TLS connection established"))
+        warn = starts("warning:", "fatal:", "panic:", "error:") & ~conn & ~tls
+        stats = (starts("statistics:") | _mask(pc.is_in(d, pa.array(["anvil", "scache"])))) & ~(
             conn | tls | warn
         )
         screen = _mask(pc.is_in(d, pa.array(["postscreen", "dnsblog", "tlsproxy"]))) & ~(
@@ -386,31 +386,41 @@ def parse_block(
 
     # ---- queue-id lines --------------------------------------------------------------------
     q = np.flatnonzero(is_qid)
-    qrest = raw.slices(sp[q] + 1, e[q])
+    # Kinds from the first bytes of each record (RawLines.heads); the text of a record is cut
+    # out once, for the rows of its kind only (see subset below).
+    qs, qe = sp[q] + 1, e[q]
+    qheads = raw.heads(qs, qe)
     qd = _sub(daemon, q)
+
+    def on_text(mask: np.ndarray, test) -> np.ndarray:
+        # test(text of the queue-id rows in mask) -> mask over all of them (false elsewhere).
+        out = np.zeros(len(q), dtype=bool)
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            out[rows] = test(raw.slices(qs[rows], qe[rows]))
+        return out
+
+    def starts(*prefixes: str, heads: np.ndarray = qheads) -> np.ndarray:
+        found = np.zeros(len(heads), dtype=bool)
+        for prefix in prefixes:
+            found |= head_starts(heads, prefix)
+        return found
+
     kind = np.zeros(len(q), dtype=np.int8)
-    kind[_starts(qrest, "client=")] = CLIENT
+    kind[starts("client=")] = CLIENT
     # Substring searches and regexes run only on the rows they can match.
-    kind[_on(qrest, _starts(qrest, "uid="), lambda r: _mask(pc.match_substring(r, " from=<")))] = PICKUP
-    kind[_starts(qrest, "message-id=")] = MSGID
-    kind[_starts(qrest, "from=<") & _mask(pc.equal(qd, "qmgr"))] = QMGR_FROM
-    kind[_starts(qrest, "to=")] = DELIVERY
-    kind[_mask(pc.equal(qrest, "removed"))] = REMOVED
+    kind[on_text(starts("uid="), lambda r: _mask(pc.match_substring(r, " from=<")))] = PICKUP
+    kind[starts("message-id=")] = MSGID
+    kind[starts("from=<") & _mask(pc.equal(qd, "qmgr"))] = QMGR_FROM
+    kind[starts("to=")] = DELIVERY
+    kind[starts("removed") & (qe - qs == len("removed"))] = REMOVED
     bounce = _mask(pc.equal(qd, "bounce"))
-    kind[_on(qrest, bounce, lambda r: _mask(pc.match_substring(r, " notification: ")))] = BOUNCE
-    header = _on(
-        qrest, kind == 0, lambda r: _mask(pc.match_substring_regex(r, r"^[a-z_-]+: header [A-Za-z0-9-]+: "))
+    kind[on_text(bounce, lambda r: _mask(pc.match_substring(r, " notification: ")))] = BOUNCE
+    header = on_text(
+        kind == 0, lambda r: _mask(pc.match_substring_regex(r, r"^[a-z_-]+: header [A-Za-z0-9-]+: "))
     )
     kind[header] = HEADER
-    rej = _on(
-        qrest,
-        kind == 0,
-        lambda r: _starts(r, "reject: ")
-        | _starts(r, "milter-reject: ")
-        | _starts(r, "discard: ")
-        | _starts(r, "proxy-reject: "),
-    )
-    kind[rej] = REJECT
+    kind[(kind == 0) & starts("reject: ", "milter-reject: ", "discard: ", "proxy-reject: ")] = REJECT
 
     # ---- NOQUEUE lines ---------------------------------------------------------------------
     nq = np.flatnonzero(is_noq)
@@ -431,7 +441,8 @@ def parse_block(
     # Rows of all event lines (queue-id and NOQUEUE), then fields per kind.
     ev_pos = np.concatenate([q, nq[n_keep]])  # positions within pf
     ev_kind = np.concatenate([kind, np.full(int(n_keep.sum()), REJECT, dtype=np.int8)])
-    ev_rest = pa.concat_arrays([qrest, nrest.filter(pa.array(n_keep))])
+    ev_start = np.concatenate([qs, sp[nq[n_keep]] + 1])  # the record after 'QUEUEID: '
+    ev_end = np.concatenate([qe, e[nq[n_keep]]])
     ev_noq = np.concatenate([np.zeros(len(q), bool), np.ones(int(n_keep.sum()), bool)])
     ne = len(ev_pos)
     filled: dict[str, list[tuple[np.ndarray, pa.Array]]] = {}
@@ -442,7 +453,8 @@ def parse_block(
 
     def subset(k: int) -> tuple[np.ndarray, pa.Array]:
         m = ev_kind == k
-        return m, ev_rest.filter(pa.array(m))
+        rows = np.flatnonzero(m)
+        return m, raw.slices(ev_start[rows], ev_end[rows])
 
     unused = np.zeros(ne, dtype=bool)
     broken: list[tuple[np.ndarray, str]] = []

@@ -24,8 +24,8 @@ timestamp is sliced at constant offsets, host/tag/message come from one `split_p
 spaces; regexes run only on the rare RFC 5424 / `<PRI>` lines. The fast path for big files
 (`raw_lines` + `parse_prefix_raw`, used by the Postfix reader) does not copy the text at all for
 plain RFC 3164 lines: it reads the time from the first 16 bytes of each line with numpy and
-finds host, tag and message as byte offsets (a binary search in the positions of the block's
-spaces); other lines go through `parse_prefix`, so both give the same answers.
+finds host, tag and message as byte offsets (the next space in a 32-byte window after each
+field start); other lines go through `parse_prefix`, so both give the same answers.
 """
 
 from __future__ import annotations
@@ -373,12 +373,19 @@ def order_by_time(sources: list[Source], *, year=None, tz=None) -> list[Source]:
 # Most of the cost of a syslog reader is copying text: every `split_pattern` / `take` over a
 # block rewrites all of its bytes. The fast path keeps the block as ONE buffer and describes
 # each field as (start, end) byte offsets computed with numpy (fixed offsets for the RFC 3164
-# time, a binary search in the sorted positions of the block's spaces for host and tag). Only
+# time, the next space in a short window for host and tag: RawLines.next_byte). Only
 # the fields a caller asks for are turned into Arrow strings, through a `string_view` array
 # over the same buffer (no per-row Python, one memcpy in the cast). Lines that are not plain
 # RFC 3164 go through `parse_prefix` above, so both paths give the same answers.
 
-_PAD = 16  # zero bytes after the block, so a 12-byte window at any line start stays inside
+_PAD = 32  # zero bytes after the block: the 12/16/32-byte windows at any line start stay inside
+_HEAD = 32  # bytes RawLines.heads keeps of each text
+# For a text of length L: a mask that keeps its first L bytes (as _HEAD/8 words).
+_HEAD_MASK = (
+    ((np.arange(_HEAD)[None, :] < np.arange(_HEAD + 1)[:, None]).astype(np.uint8) * np.uint8(255))
+    .view(np.uint64)
+)
+_WINDOW = 32  # bytes RawLines.next_byte looks at before it falls back to a full search
 _MONTH_KEYS = np.array([(ord(m[0]) << 16) | (ord(m[1]) << 8) | ord(m[2]) for m in _MONTHS.to_pylist()])
 _MONTH_ORDER = np.argsort(_MONTH_KEYS)
 _MONTH_SORTED = _MONTH_KEYS[_MONTH_ORDER]
@@ -412,6 +419,41 @@ class RawLines:
         """Sorted byte positions of every space in the block."""
         return self.positions(32)
 
+    def heads(self, pos: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The first _HEAD bytes of the text from each pos to end (zero past end), as _HEAD/8
+        uint64 words a row: prefix tests on byte offsets with `head_starts`, without cutting
+        the text out."""
+        pos = pos.astype(np.int64, copy=False)
+        size = np.clip(end - pos, 0, _HEAD)
+        records = np.ndarray((len(self.buf) - _HEAD + 1,), dtype=f"V{_HEAD}", buffer=self.buf, strides=(1,))
+        words = records[np.clip(pos, 0, len(self.buf) - _HEAD)].view(np.uint64).reshape(len(pos), _HEAD // 8)
+        words &= _HEAD_MASK[size]
+        return words
+
+    def next_byte(self, pos: np.ndarray, byte: int) -> np.ndarray:
+        """For each pos, where the first `byte` at or after it is in the block; len(buf) - 1 (a
+        padding zero, past every line) when there is none. The syslog fields are short, so it
+        looks in a _WINDOW-byte window first and only the rest in the byte's sorted positions
+        (finding every space of a block costs more than the windows)."""
+        last = len(self.buf) - 1
+        pos = np.minimum(pos.astype(np.int64, copy=False), last)
+        out = np.full(len(pos), last, dtype=np.int64)
+        idx = np.flatnonzero(pos < len(self.buf) - _WINDOW)
+        windows = np.ndarray((len(self.buf) - _WINDOW + 1,), dtype=f"V{_WINDOW}", buffer=self.buf, strides=(1,))
+        hits = windows[pos[idx]].view(np.uint8).reshape(len(idx), _WINDOW) == byte
+        first = hits.argmax(axis=1)
+        found = hits[np.arange(len(idx)), first]
+        out[idx[found]] = pos[idx[found]] + first[found]
+        missed = np.ones(len(pos), dtype=bool)
+        missed[idx[found]] = False
+        rest = np.flatnonzero(missed)
+        if len(rest):
+            at = self.positions(byte)
+            k = np.searchsorted(at, pos[rest])
+            inside = k < len(at)
+            out[rest[inside]] = at[k[inside]]
+        return out
+
     def __len__(self) -> int:
         return len(self.starts)
 
@@ -435,25 +477,35 @@ def _views(data: pa.Buffer, buf: np.ndarray, start: np.ndarray, end: np.ndarray)
         return pa.array([], pa.string())
     start = start.astype(np.int64, copy=False)
     length = (end - start).astype(np.int32)
-    views = np.zeros((n, 4), dtype=np.int32)
-    views[:, 0] = length
+    # The 12 bytes at each start in one gather (unaligned 12-byte records over the padded
+    # buffer): inline bytes for short values, the 4-byte prefix for long ones. The bytes past a
+    # short value's length are zeroed with a mask looked up by length (two integer ANDs).
+    records = np.ndarray((len(buf) - 11,), dtype="V12", buffer=buf, strides=(1,))
+    words = records[start].view(np.uint32).reshape(n, 3)
+    words &= _INLINE_MASK[np.minimum(length, 12)]
     long = length > 12
-    # Long values: a 4-byte prefix, buffer 0, offset. Short ones: the bytes themselves, inline.
-    li = np.flatnonzero(long)
-    if len(li):
-        ls = start[li]
-        views[li, 1] = np.lib.stride_tricks.sliding_window_view(buf, 4)[ls].copy().view(np.int32)[:, 0]
-        views[li, 3] = ls.astype(np.int32)
-    si = np.flatnonzero(~long)
-    if len(si):
-        # 12 bytes from the start, then the bytes past the value's length zeroed with a mask
-        # looked up by length (two integer ANDs per value instead of 12 compares).
-        window = np.lib.stride_tricks.sliding_window_view(buf, 12)[start[si]]
-        words = window.view(np.uint32)  # (k, 3)
-        words &= _INLINE_MASK[length[si]]
-        views[si, 1:] = words.view(np.int32)
+    views = np.empty((n, 4), dtype=np.int32)
+    views[:, 0] = length
+    views[:, 1:] = words.view(np.int32)
+    # Long values: buffer 0 and the offset instead of bytes 4..11.
+    views[:, 2] = np.where(long, 0, views[:, 2])
+    views[:, 3] = np.where(long, start.astype(np.int32), views[:, 3])
     arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), data])
     return arr.cast(pa.string())
+
+
+def head_starts(heads: np.ndarray, prefix: str) -> np.ndarray:
+    """Whether each text (RawLines.heads) starts with prefix (at most _HEAD bytes, no NUL)."""
+    raw = prefix.encode()
+    size = len(raw)
+    pattern = np.zeros(_HEAD, dtype=np.uint8)
+    pattern[:size] = np.frombuffer(raw, dtype=np.uint8)
+    words = pattern.view(np.uint64)
+    mask = _HEAD_MASK[size]
+    found = np.ones(len(heads), dtype=bool)
+    for j in range((size + 7) // 8):
+        found &= (heads[:, j] & mask[j]) == words[j]
+    return found
 
 
 def raw_lines(block: bytes) -> RawLines:
@@ -540,7 +592,9 @@ def _bsd_fast(raw: RawLines, year: int | None, clock: dt.datetime, tz):
     local time in microseconds since the epoch."""
     n = len(raw)
     length = raw.ends - raw.starts
-    head = np.lib.stride_tricks.sliding_window_view(raw.buf, 16)[raw.starts].astype(np.int32)
+    # The first 16 bytes of each line in one gather (unaligned 16-byte records over the buffer).
+    records = np.ndarray((len(raw.buf) - 15,), dtype="V16", buffer=raw.buf, strides=(1,))
+    head = records[raw.starts].view(np.uint8).reshape(n, 16).astype(np.int32)
     key = ((head[:, 0] << 16) | (head[:, 1] << 8) | head[:, 2]).astype(np.int64)
     pos = np.minimum(np.searchsorted(_MONTH_SORTED, key), 11)
     known = _MONTH_SORTED[pos] == key
@@ -593,13 +647,11 @@ def parse_prefix_raw(
         )
     fast, micros = _bsd_fast(raw, year, clock, tz)
     # Host = from offset 16 to the next space; tag = to the space after that, ending in ':'.
-    spaces = raw.spaces()
     host_start = raw.starts + 16
-    k = np.searchsorted(spaces, host_start)
-    host_end = spaces[np.minimum(k, len(spaces) - 1)] if len(spaces) else raw.ends
-    tag_end = spaces[np.minimum(k + 1, len(spaces) - 1)] if len(spaces) else raw.ends
+    host_end = raw.next_byte(host_start, 32)
+    tag_end = raw.next_byte(host_end + 1, 32)  # past every line when there is no second space
     fast &= (raw.buf[host_start] != 60)  # '<mail.notice> host': the general parser handles it
-    fast &= (k + 1 < len(spaces)) & (tag_end < raw.ends) & (raw.buf[np.maximum(tag_end - 1, 0)] == 58)
+    fast &= (tag_end < raw.ends) & (raw.buf[np.maximum(tag_end - 1, 0)] == 58)
     fast &= tag_end - 1 > host_end + 1  # a tag of at least one character before ':'
     fast &= raw.buf[np.maximum(tag_end - 2, 0)] != 58  # 'tag::' (rtrim of all ':'): general parser
     fidx = np.flatnonzero(fast)
@@ -608,11 +660,9 @@ def parse_prefix_raw(
     ts_naive = pa.array(micros[fidx], pa.timestamp("us"))
     ts_fast = local_to_utc(ts_naive, tz)
     # Program = the tag up to its first '[' (the pid), else up to the ':' that ends it.
-    brackets = raw.positions(91)
     tag_start, tag_stop = host_end[fidx] + 1, tag_end[fidx] - 1
-    if len(brackets):
-        b = brackets[np.minimum(np.searchsorted(brackets, tag_start), len(brackets) - 1)]
-        tag_stop = np.where((b >= tag_start) & (b < tag_stop), b, tag_stop)
+    b = raw.next_byte(tag_start, 91)
+    tag_stop = np.where(b < tag_stop, b, tag_stop)
     program_fast = raw.slices(tag_start, tag_stop)
     msg_start = np.zeros(n, dtype=np.int64)
     msg_start[fidx] = tag_end[fidx] + 1

@@ -350,3 +350,30 @@ def test_spread_strings_puts_values_at_rows_without_copying_text():
         out = postfix._spread_strings(6, np.array([1, 3, 4][: len(values)]), values)
         out.validate(full=True)
         assert out.to_pylist() == want
+
+
+def test_skip_kinds_read_from_line_starts_and_tls_phrase_anywhere(tmp_path: Path):
+    # Daemon noise is classified on the first bytes of each message (no text cut out); the
+    # TLS phrase is also found further into the line than right after the first word.
+    log = tmp_path / "maillog"
+    log.write_text(
+        "Nov  2 08:15:01 relay01 postfix/smtpd[1]: connect from app01[203.0.113.50]\n"
+        "Nov  2 08:15:01 relay01 postfix/smtpd[1]: improper command pipelining after EHLO from x\n"
+        "Nov  2 08:15:01 relay01 postfix/smtp[2]: Trusted TLS connection established to "
+        "contoso-com.mail.protection.outlook.com[198.51.100.201]:25: TLSv1.2\n"
+        "Nov  2 08:15:01 relay01 postfix/smtpd[1]: setting up: Anonymous TLS connection established\n"
+        "Nov  2 08:15:01 relay01 postfix/smtpd[1]: warning: hostname x does not resolve\n"
+        "Nov  2 08:15:01 relay01 postfix/anvil[3]: statistics: max connection rate 1/60s\n"
+        "Nov  2 08:15:01 relay01 postfix/smtpd[1]: connected somewhere\n"
+        "Nov  2 08:15:01 relay01 postfix/qmgr[4]: 4AA091855DA0: removed-ish\n"
+    )
+    rows, ctx, _ = run([log], year=2026)
+    assert rows == []
+    assert_accounted(ctx)
+    skipped = ctx.accounting.totals()["skipped"]
+    assert skipped[postfix.SKIP_CONNECTION] == 2
+    assert skipped[postfix.SKIP_TLS] == 2
+    assert skipped[postfix.SKIP_WARNING] == 1
+    assert skipped[postfix.SKIP_STATS] == 1
+    assert skipped[postfix.SKIP_DAEMON] == 1
+    assert skipped[postfix.SKIP_QID_UNUSED] == 1

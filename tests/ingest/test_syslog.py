@@ -191,3 +191,20 @@ def test_raw_lines_crlf_invalid_utf8_and_short_values():
     text = "".join(f"{'x' * i}\n" for i in range(20))
     raw = raw_lines(text.encode())
     assert raw.lines().to_pylist() == ["x" * i for i in range(20)]
+
+
+def test_byte_offset_helpers_windows_fallback_and_tiny_blocks():
+    from pipeline.ingest.syslog import head_starts, raw_lines
+
+    # A one-byte line: the padding keeps every window inside the buffer.
+    raw = raw_lines(b"x\n")
+    assert raw.next_byte(raw.starts, 32)[0] == len(raw.buf) - 1  # no space anywhere: past the lines
+    assert head_starts(raw.heads(raw.starts, raw.ends), "x").tolist() == [True]
+    assert head_starts(raw.heads(raw.starts, raw.ends), "x ").tolist() == [False]
+    # A space far past the first window is found by the full search; the next line's text
+    # never counts as this line's (heads stop at the line end).
+    raw = raw_lines(("a" * 100 + " b\nconnect from x\n").encode())
+    assert raw.next_byte(raw.starts, 32).tolist() == [100, 110]
+    heads = raw.heads(raw.starts, raw.ends)
+    assert head_starts(heads, "connect ").tolist() == [False, True]
+    assert head_starts(raw.heads(raw.starts + 100, raw.ends), " bconnect").tolist() == [False, False]
