@@ -59,6 +59,7 @@ from .syslog import (
     iter_raw_blocks,
     last_element,
     order_by_time,
+    origin_columns,
     parse_prefix_raw,
     raw_lines,
 )
@@ -835,19 +836,14 @@ def _to_batch(msgs: pa.Table, sources: list[Source], ctx: IngestContext) -> pa.R
     """Message rows -> a `messages` batch, and the parsed-line accounting per file."""
     n = len(msgs)
     file_idx = msgs.column("file_idx").to_numpy()
-    names = pa.array([s.name for s in sources])
-    src_hosts = pa.array([s.host or ctx.options.host for s in sources], _STR)
-    fidx = pa.array(file_idx)
     p1 = msgs.column("p1")
     p1 = pc.if_else(pc.is_valid(p1), pc.binary_join_element_wise("<", p1, ">", ""), _NULL)
     p2 = msgs.column("p2")
     return make_messages(
         {
             "ts": msgs.column("ts"),
-            "source_format": pa.array([NAME] * n),
-            "source_file": names.take(fidx),
+            **origin_columns(NAME, sources, file_idx, msgs.column("host"), ctx.options.host),
             "source_line": msgs.column("line"),
-            "host": pc.coalesce(msgs.column("host"), src_hosts.take(fidx)),
             "message_id": msgs.column("message_id"),
             "queue_id": msgs.column("qid"),
             "p1_sender": p1,

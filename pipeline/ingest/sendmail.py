@@ -35,7 +35,14 @@ from ..normalize import extract
 from ..schema import TS
 from .base import IngestContext, Source, decode_head, make_messages
 from .postfix import _drop_list_nulls, _mask, _starts, _sub, _target_regex
-from .syslog import element, file_clock, iter_line_blocks, order_by_time, parse_prefix
+from .syslog import (
+    element,
+    file_clock,
+    iter_line_blocks,
+    order_by_time,
+    origin_columns,
+    parse_prefix,
+)
 
 NAME = "sendmail"
 DESCRIPTION = "Sendmail syslog: lines tagged sendmail[pid] / sm-mta[pid] / sm-msp-queue[pid]"
@@ -348,16 +355,11 @@ class Correlator:
 
 def _to_batch(msgs: pa.Table, sources: list[Source], ctx: IngestContext) -> pa.RecordBatch:
     n = len(msgs)
-    fidx = msgs.column("file_idx")
-    names = pa.array([s.name for s in sources])
-    src_hosts = pa.array([s.host or ctx.options.host for s in sources], _STR)
     return make_messages(
         {
             "ts": msgs.column("ts"),
-            "source_format": pa.array([NAME] * n),
-            "source_file": names.take(fidx),
+            **origin_columns(NAME, sources, msgs.column("file_idx"), msgs.column("host"), ctx.options.host),
             "source_line": msgs.column("line"),
-            "host": pc.coalesce(msgs.column("host"), src_hosts.take(fidx)),
             "message_id": msgs.column("message_id"),
             "queue_id": msgs.column("qid"),
             "p1_sender": msgs.column("p1"),

@@ -90,6 +90,19 @@ def iter_line_blocks(source: Source, block_bytes: int) -> Iterator[tuple[int, pa
         yield line_no, lines_from_block(block)
 
 
+def origin_columns(fmt: str, sources: list[Source], file_idx, logged_host, default_host: str | None) -> dict:
+    """source_format, source_file and host of message rows given each row's index into
+    `sources`: the host the syslog line names, else the file's (--host / [[hosts]] logs)."""
+    fidx = pa.array(file_idx)
+    names = pa.array([s.name for s in sources])
+    hosts = pa.array([s.host or default_host for s in sources], pa.string())
+    return {
+        "source_format": pa.array([fmt] * len(fidx)),
+        "source_file": names.take(fidx),
+        "host": pc.coalesce(logged_host, hosts.take(fidx)),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Year and time zone
 # --------------------------------------------------------------------------------------------
