@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class DatasetWriter:
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self.rows = 0
+        self._parts_written = 0
+        self._lock = threading.Lock()
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
@@ -93,6 +96,18 @@ class DatasetWriter:
         self.rows += table.num_rows
         if self._buffered >= ROW_GROUP:
             self._flush()
+
+    def write_part(self, index: int, batch: pa.RecordBatch | pa.Table) -> None:
+        """One whole part file, `index` giving its place in the dataset. Safe from several
+        threads at once (each writes its own file), so writing uses every core; not to be
+        mixed with write() in one dataset."""
+        if batch.num_rows == 0:
+            return
+        table = conform(batch, self.schema)
+        pq.write_table(table, self.stage / f"{self.prefix}-{index:05d}.parquet", compression="zstd", row_group_size=ROW_GROUP)
+        with self._lock:
+            self.rows += table.num_rows
+            self._parts_written += 1
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -125,7 +140,7 @@ class DatasetWriter:
 
     def commit(self) -> None:
         self._flush()
-        if self._part == 0 and not getattr(self, "_carried", 0):
+        if self._part == 0 and not self._parts_written and not getattr(self, "_carried", 0):
             # an empty dataset still has its schema on disk
             pq.write_table(self.schema.empty_table(), self.stage / f"{self.prefix}-00000.parquet")
         self._close_part()
@@ -174,6 +189,22 @@ def iter_batches(
     for path in files:
         pf = pq.ParquetFile(path)
         yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def row_groups(files: Iterable[Path]) -> Iterator[tuple[Path, int]]:
+    """(file, row group) pairs of a dataset: units of work that threads read on their own."""
+    for path in files:
+        for i in range(pq.ParquetFile(path).metadata.num_row_groups):
+            yield path, i
+
+
+def read_row_group(part: tuple[Path, int], columns: list[str] | None = None) -> pa.RecordBatch:
+    """One row group as a record batch, read by the calling thread alone: the engine reads
+    row groups on its worker threads, so reading uses both cores without Arrow's own pool.
+    pre_buffer=False: for local files, coalescing reads ahead costs more than it saves."""
+    path, i = part
+    table = pq.ParquetFile(path, pre_buffer=False).read_row_group(i, columns=columns, use_threads=False)
+    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], table.schema)
 
 
 def read_table(files: Iterable[Path], columns: list[str] | None = None) -> pa.Table:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import TenantConfig
 from ..schema import VERDICTS
-from ..workdir import DatasetWriter, iter_batches, require_dataset, write_json
+from ..workdir import DatasetWriter, read_row_group, require_dataset, row_groups, write_json
 from .engine import Engine, RuleContext
 from .packs import Pack, load_pack, pack_names
 
@@ -27,8 +27,9 @@ def evaluate_table(messages, config: TenantConfig, pack: str | Pack | None = Non
 
 
 def _in_threads(fn, batches, workers: int | None = None):
-    """fn over batches on a small thread pool, results in input order, at most 2 per worker in
-    flight (memory stays bounded). Arrow and NumPy kernels release the GIL, so cores add up."""
+    """fn over batches (or the row groups to read them from) on a small thread pool, results
+    in input order, at most 2 per worker in flight (memory stays bounded). Arrow and NumPy
+    kernels release the GIL, so cores add up."""
     workers = workers or min(4, os.cpu_count() or 1)
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -46,10 +47,17 @@ def evaluate(workdir: str | Path, config: TenantConfig, pack: str | Pack | None 
     files = require_dataset(workdir, "messages", "run `relay-impact ingest LOGS --out WORKDIR` first")
     engine = Engine(config, pack)
     with DatasetWriter(workdir / "verdicts", VERDICTS) as writer:
-        for verdicts in _in_threads(engine.evaluate_batch, iter_batches(files)):
-            writer.write(verdicts)
+
+        def one_row_group(job: tuple[int, tuple[Path, int]]) -> int:
+            """Read, judge and write one row group on a worker thread: every step uses
+            both cores, and only one row group per worker is in memory."""
+            index, part = job
+            writer.write_part(index, engine.evaluate_batch(read_row_group(part)))
+            return writer.rows
+
+        for rows in _in_threads(one_row_group, enumerate(row_groups(files))):
             if progress:
-                progress(writer.rows)
+                progress(rows)
     info = {
         "rule_pack": engine.rc.pack.name,
         "config": config.path,

@@ -37,6 +37,18 @@ INPUT_COLUMNS = (
     "relay_host", "recipient_domains", "logged_by_exo", "is_ndr",
 )
 
+# The combo key: correlated columns side by side (a host has one IP and certificate). The
+# string columns are coded by run-wide vocabularies; null_sender, logged_by_exo and is_ndr
+# are 0 false / 1 true / 3 null; rcpt_class is recipient_domains reduced to what the rules
+# use (bit 0: a recipient in an accepted domain, bit 1: one outside).
+_KEY = (
+    "host", "relay_ip", "tls_cert", "connector", "relay_host", "logged_by_exo",
+    "p1_domain", "null_sender", "p2_domain", "rcpt_class", "is_ndr",
+)
+# Verdict columns that carry free text, stored per combo as codes into run-wide vocabularies.
+_STRING_OUTPUTS = ("matched_connector", "source_ip", "scenario", "third_party", "reason", "remedy")
+_WARNING_KINDS = ("connector", "ip", "ipv6", "host", "disabled", "shared_ip")
+
 
 # ------------------------------------------------------------------------------------------
 # The tenant, prepared once for vectorized look-ups
@@ -166,50 +178,131 @@ class RuleContext:
 # Per-column facts: one entry per dictionary value, plus a last slot for null
 
 
-def _dictionary(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """(codes with null -> len(dictionary), dictionary) for any string-like column."""
+def _dictionary(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray | None, pa.Array]:
+    """(codes with null -> len(dictionary), dictionary) for any string-like column; codes are
+    None when every row is null (a constant: it cannot split combos)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col.cast(pa.string()))
     dictionary = col.dictionary.cast(pa.string())
+    if col.null_count == len(col):
+        return None, dictionary
     indices = col.indices
     if indices.type != pa.int32():
         indices = indices.cast(pa.int32())
-    # Read the index buffer in place (zero copy); nulls get the extra slot len(dictionary).
-    codes = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices) + indices.offset)[indices.offset:]
+    codes = _view(indices)
     if indices.null_count:
-        codes = np.where(_validity(indices), codes, np.int32(len(dictionary)))
+        # Nulls get the extra slot len(dictionary): codes = null_slot + valid * (codes -
+        # null_slot), in place, so whatever an index buffer holds under a null is multiplied
+        # away (faster than pc.fill_null or np.where).
+        null_slot = np.int32(len(dictionary))
+        filled = _pooled(len(codes), np.int32)
+        np.subtract(codes, null_slot, out=filled)
+        np.multiply(filled, _bits(indices, 0), out=filled, casting="unsafe")
+        np.add(filled, null_slot, out=filled)
+        codes = filled
     return codes, dictionary
+
+
+def _pooled(n: int, dtype) -> np.ndarray:
+    """An uninitialised numpy array in Arrow's memory pool (see _view)."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(n * dtype.itemsize), dtype=dtype)
+
+
+def _view(arr: pa.Array) -> np.ndarray:
+    """A fixed-width Arrow array without nulls as numpy, zero copy. Row-sized arrays are made
+    by Arrow kernels and viewed, not made by numpy: Arrow's memory pool keeps freed pages for
+    the next batch, where fresh numpy arrays would cost a page fault per 4 KiB."""
+    return np.frombuffer(arr.buffers()[1], dtype=arr.type.to_pandas_dtype(), count=arr.offset + len(arr))[arr.offset :]
 
 
 def _validity(arr: pa.Array) -> np.ndarray:
     """The validity bitmap as a bool array (all true when the array has no bitmap)."""
-    bitmap = arr.buffers()[0]
+    return _bits(arr, 0).view(bool)
+
+
+def _bits(arr: pa.Array, buffer: int) -> np.ndarray:
+    """A bitmap buffer of an array (0 validity, 1 boolean values) as uint8 0/1 per element."""
+    bitmap = arr.buffers()[buffer]
     if bitmap is None:
-        return np.ones(len(arr), dtype=bool)
-    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
-    return bits[arr.offset : arr.offset + len(arr)].view(bool)
+        return np.ones(len(arr), dtype=np.uint8)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), count=arr.offset + len(arr), bitorder="little")
+    return bits[arr.offset :]
 
 
 def _with_null(values: np.ndarray, null_value) -> np.ndarray:
     return np.append(values, np.array([null_value], dtype=values.dtype))
 
 
-class _FactCache:
-    """Remembers per-dictionary facts between batches: Parquet row groups of one dataset
-    usually carry the same dictionary, so it is computed once per run, not per batch."""
+class _Vocabulary:
+    """One input column's distinct values seen in this run, with their facts, in first-seen
+    order. Values only ever append, so a global code means the same value for the whole run:
+    facts are computed once per distinct value per run, whatever dictionaries batches carry
+    (Parquet gives every row group its own)."""
+
+    def __init__(self, compute) -> None:
+        self.compute = compute
+        self.values = pa.array([], pa.string())
+        self.facts: dict | None = None
+
+    def global_codes(self, dictionary: pa.Array) -> np.ndarray:
+        """Global code of each value of a batch's dictionary, plus a last slot (-1) for null."""
+        dictionary = dictionary.cast(pa.string())
+        pos = pc.index_in(dictionary, value_set=self.values)
+        if pos.null_count or self.facts is None:
+            self._extend(pc.unique(dictionary.filter(pc.is_null(pos))))
+            pos = pc.index_in(dictionary, value_set=self.values)
+        return np.append(pos.to_numpy(zero_copy_only=False).astype(np.int32), np.int32(-1))
+
+    def _extend(self, new: pa.Array) -> None:
+        facts = self.compute(new)
+        if self.facts is not None:
+            n_old = len(self.values)
+            # numpy facts end with the null slot, which the new block brings along again
+            facts = {
+                k: np.concatenate([old[:n_old], facts[k]]) if isinstance(old, np.ndarray)
+                else pa.concat_arrays([old.slice(0, n_old), facts[k].cast(old.type)])
+                for k, old in self.facts.items()
+            }
+        self.facts = facts
+        self.values = facts["values"]
+
+
+class _Interner:
+    """Stable dense ids for int64 keys across batches (a hash index that only grows)."""
 
     def __init__(self) -> None:
-        self._store: dict[str, tuple[pa.Array, object]] = {}
+        self.index = pd.Index(np.zeros(0, dtype=np.int64))
 
-    def get(self, column: str, dictionary: pa.Array, compute):
-        hit = self._store.get(column)
-        if hit is not None and hit[0].equals(dictionary):
-            return hit[1]
-        facts = compute(dictionary)
-        self._store[column] = (dictionary, facts)
-        return facts
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        pos = self.index.get_indexer(keys)
+        missing = pos < 0
+        if missing.any():
+            self.index = self.index.append(pd.Index(pd.unique(keys[missing])))
+            pos[missing] = self.index.get_indexer(keys[missing])
+        return pos
+
+
+class _Strings:
+    """A run-wide vocabulary of output strings (reasons, remedies, ...): per-combo results are
+    stored as int32 codes into it, -1 for null."""
+
+    def __init__(self) -> None:
+        self.values = pa.array([], pa.string())
+
+    def codes(self, strings: pa.Array) -> np.ndarray:
+        strings = strings.cast(pa.string())
+        pos = pc.index_in(strings, value_set=self.values)
+        unseen = pc.and_(pc.is_null(pos), pc.is_valid(strings))
+        if pc.any(unseen).as_py():
+            self.values = pa.concat_arrays([self.values, pc.unique(strings.filter(unseen))])
+            pos = pc.index_in(strings, value_set=self.values)
+        return pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,11 +314,28 @@ class Engine:
 
     def __init__(self, config: TenantConfig, pack: Pack | str | None = None):
         self.rc = RuleContext.build(config, pack)
-        self.cache = _FactCache()
         self.warnings: Counter = Counter()
-        self._warnings_lock = threading.Lock()  # evaluate() runs batches on a thread pool
         self._host_lookup = {h.name.lower(): h for h in config.hosts}
         self._named = {c.name.lower(): c for c in config.connectors}
+        # Run-wide state, shared by the thread pool's batches under one lock; only work sized
+        # by distinct values or combos happens under it, never work sized by rows.
+        self._lock = threading.Lock()
+        facts = {
+            "p1_domain": self._domain_facts, "p2_domain": self._domain_facts, "relay_ip": self._ip_facts,
+            "tls_cert": self._cert_facts, "host": self._host_facts, "connector": self._connector_facts,
+            "relay_host": self._relay_host_facts, "recipient_domains": self._recipient_facts,
+        }
+        self._vocab = {col: _Vocabulary(fn) for col, fn in facts.items()}
+        self._combos = _Interner()  # combo key -> combo id, in judging order
+        self._folds: list[_Interner] = []  # shortens keys wider than 62 bits (see _combo_keys)
+        self._bits = dict.fromkeys(_KEY, 0)
+        self._combo_codes = {k: np.zeros(0, dtype=np.int32) for k in _KEY}
+        self._results: dict[str, np.ndarray] = {}
+        self._strings = {name: _Strings() for name in _STRING_OUTPUTS}
+        self._warn_ids = np.zeros((len(_WARNING_KINDS), 0), dtype=np.int32)
+        self._labels: list[str] = []
+        self._label_ids: dict[str, int] = {}
+        self._zero_indices = pa.array(np.zeros(0, dtype=np.int32))
 
     # --- facts per column ---------------------------------------------------------------
 
@@ -341,45 +451,125 @@ class Engine:
         n = batch.num_rows
         cols = {name: batch.column(name) if name in batch.schema.names else pa.nulls(n, MESSAGES.field(name).type) for name in INPUT_COLUMNS}
 
-        facts, codes = {}, {}
-        for col, fn in (
-            ("p1_domain", self._domain_facts),
-            ("p2_domain", self._domain_facts),
-            ("relay_ip", self._ip_facts),
-            ("tls_cert", self._cert_facts),
-            ("host", self._host_facts),
-            ("connector", self._connector_facts),
-            ("relay_host", self._relay_host_facts),
-            ("recipient_domains", self._recipient_facts),
-        ):
-            codes[col], dictionary = _dictionary(cols[col])
-            facts[col] = self.cache.get(f"{col}:{fn.__name__}", dictionary, fn)
-
+        # Row-sized work: each column's codes as the batch's own dictionary numbers them
+        # (None for a column null on every row; `constant` says its code).
+        local, sizes, dictionaries, constant = {}, {}, {}, {}
+        for name in self._vocab:
+            local[name], dictionaries[name] = _dictionary(cols[name])
+            sizes[name] = len(dictionaries[name]) + 1
+            constant[name] = len(dictionaries[name])
         null_sender = cols["null_sender"]
         if null_sender.null_count == n and "p1_sender" in batch.schema.names:
             # a table built by hand, without the derived column: derive it here
             p1 = batch.column("p1_sender")
             null_sender = pc.equal(pc.binary_length(p1.cast(pa.string()) if pa.types.is_dictionary(p1.type) else p1), 0)
-        codes["p1_kind"] = _p1_kind(null_sender, codes["p1_domain"], len(facts["p1_domain"]["values"]))
-        codes["logged_by_exo"] = _bool_code(cols["logged_by_exo"])
-        codes["is_ndr"] = _bool_code(cols["is_ndr"])
+        for name, col in (("null_sender", null_sender), ("logged_by_exo", cols["logged_by_exo"]), ("is_ndr", cols["is_ndr"])):
+            local[name], sizes[name], constant[name] = _bool_code(col), 4, 3
 
-        # Correlated columns side by side (a host has one IP and certificate), so the partial
-        # keys stay small and densify through lookup tables instead of hashing.
-        order = ["host", "relay_ip", "tls_cert", "connector", "relay_host", "logged_by_exo", "p1_domain", "p1_kind", "p2_domain", "recipient_domains", "is_ndr"]
-        sizes = {k: len(facts[k]["values"]) + 1 if k in facts else 4 for k in order}
-        inverse, rep = _factorize([codes[k] for k in order], [sizes[k] for k in order])
-        combo = {k: codes[k][rep] for k in order}
-        weights = np.bincount(inverse, minlength=len(rep))
+        with self._lock:
+            to_global = {name: v.global_codes(dictionaries[name]) for name, v in self._vocab.items()}
+            rcpt = self._vocab["recipient_domains"].facts
+        # Only whether recipients are inside or outside the tenant matters to the rules, so
+        # recipient lists are reduced to that before the rows are factorized (fewer combos).
+        rcpt_class = (rcpt["internal"].astype(np.int8) | (rcpt["external"].astype(np.int8) << 1))[to_global["recipient_domains"]]
+        codes = local["recipient_domains"]
+        local["rcpt_class"] = None if codes is None else _gather(rcpt_class, codes)
+        sizes["rcpt_class"], constant["rcpt_class"] = 4, int(rcpt_class[-1])
 
-        out = self._judge(combo, facts, weights)
-        return _broadcast(out, inverse, self.rc.pack.name)
+        inverse, per_id, m = _factorize([local[k] for k in _KEY], [sizes[k] for k in _KEY], n)
+        weights = np.bincount(inverse, minlength=m)
+        combo = {}
+        for k, codes in zip(_KEY, per_id, strict=True):
+            codes = np.full(m, constant[k], dtype=np.int32) if codes is None else codes
+            combo[k] = to_global[k][codes] if k in to_global else codes.astype(np.int32)
+
+        # Combo-sized work: judge only the combos no earlier batch had.
+        with self._lock:
+            ids = self._combo_ids(combo)
+            self._count_warnings(ids, weights)
+            per_combo = {name: values[ids] for name, values in self._results.items()}
+            vocab = {name: s.values for name, s in self._strings.items()}
+        rule_pack = pa.DictionaryArray.from_arrays(self._zeros(n), pa.array([self.rc.pack.name]))
+        return _broadcast(per_combo, vocab, inverse, rule_pack)
+
+    def _zeros(self, n: int) -> pa.Array:
+        """n int32 zeros, shared by every batch (Arrow arrays are immutable)."""
+        if len(self._zero_indices) < n:
+            self._zero_indices = pa.array(np.zeros(n, dtype=np.int32))
+        return self._zero_indices.slice(0, n)
+
+    def _combo_ids(self, combo: dict[str, np.ndarray]) -> np.ndarray:
+        """Run-wide ids of a batch's combos (global codes per _KEY column); new ones are judged
+        and their results appended."""
+        keys = self._combo_keys(combo)
+        known = len(self._combos)
+        ids = self._combos.ids(keys)
+        fresh = ids >= known
+        if fresh.any():
+            # one batch position per new id, in id order
+            _, first = np.unique(ids[fresh], return_index=True)
+            at = np.flatnonzero(fresh)[first]
+            new = {k: combo[k][at] for k in _KEY}
+            for k in _KEY:
+                self._combo_codes[k] = np.concatenate([self._combo_codes[k], new[k]])
+            self._store(self._judge(self._fact_codes(new), {k: v.facts for k, v in self._vocab.items()}))
+        return ids
+
+    def _combo_keys(self, combo: dict[str, np.ndarray]) -> np.ndarray:
+        """One int64 per combo: the global codes (+1, so null is 0) packed with a fixed bit
+        width per column. A vocabulary that outgrows its width widens it and re-keys the
+        stored combos (rare: widths double). Keys that would pass 62 bits are folded through
+        an interner, so any number of distinct values fits."""
+        need = {k: (len(self._vocab[k].values) if k in self._vocab else 4).bit_length() for k in _KEY}
+        if any(need[k] > self._bits[k] for k in _KEY):
+            self._bits = {k: max(need[k], self._bits[k]) for k in _KEY}
+            self._folds = []
+            self._combos = _Interner()
+            self._combos.ids(self._pack(self._combo_codes))  # same order, so ids are unchanged
+        return self._pack(combo)
+
+    def _pack(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        key = np.zeros(len(codes[_KEY[0]]), dtype=np.int64)
+        used, fold = 0, 0
+        for k in _KEY:
+            if used + self._bits[k] > 62:
+                if fold == len(self._folds):
+                    self._folds.append(_Interner())
+                key = self._folds[fold].ids(key).astype(np.int64)
+                used, fold = 32, fold + 1
+            key = (key << self._bits[k]) | (codes[k].astype(np.int64) + 1)
+            used += self._bits[k]
+        return key
+
+    def _fact_codes(self, combo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Global codes -> indices into the facts arrays, whose null slot is the last one."""
+        return {
+            k: np.where(v < 0, len(self._vocab[k].values), v) if k in self._vocab else v for k, v in combo.items()
+        }
+
+    def _store(self, out: dict) -> None:
+        """Append newly judged combos' results: strings as codes into run-wide vocabularies."""
+        self._warn_ids = np.concatenate([self._warn_ids, out.pop("warnings")], axis=1)
+        for name, values in out.items():
+            codes = self._strings[name].codes(values) if name in self._strings else np.asarray(values, dtype=np.int8)
+            self._results[name] = np.concatenate([self._results[name], codes]) if name in self._results else codes
+
+    def _count_warnings(self, ids: np.ndarray, weights: np.ndarray) -> None:
+        """Add a batch's messages to the warning counts (relay-rules.md); Python runs once
+        per distinct warning text, never per message or per combo."""
+        for row in self._warn_ids[:, ids]:
+            hit = row >= 0
+            if not hit.any():
+                continue
+            totals = np.bincount(row[hit], weights=weights[hit])
+            for label in np.flatnonzero(totals):
+                self.warnings[self._labels[label]] += int(totals[label])
 
     # --- per combo ------------------------------------------------------------------------
 
-    def _judge(self, c: dict[str, np.ndarray], f: dict, weights: np.ndarray) -> dict[str, pa.Array | np.ndarray]:
+    def _judge(self, c: dict[str, np.ndarray], f: dict) -> dict[str, pa.Array | np.ndarray]:
         rc, cfg = self.rc, self.rc.config
-        m = len(weights)
+        m = len(c["host"])
         p1d, p2d, ipf, cf, hf, nf = (f[k] for k in ("p1_domain", "p2_domain", "relay_ip", "tls_cert", "host", "connector"))
 
         # Source IP: the log's relay_ip, else the host's configured egress IP.
@@ -447,7 +637,7 @@ class Engine:
         matched_name = pc.if_else(pa.array(conn_match == 1), matched_name, _NULL_STR)
 
         # Senders.
-        kind = c["p1_kind"]  # 0 unknown, 1 null sender, 2 address with domain, 3 no domain
+        kind = _p1_kind(c["null_sender"], c["p1_domain"], len(p1d["values"]))
         p1_acc = np.where(kind == 2, p1d["acc"][c["p1_domain"]], False).astype(np.int8)
         p1_acc = np.where(kind == 0, 2, p1_acc)
         p2_known = c["p2_domain"] < len(p2d["values"])
@@ -462,8 +652,8 @@ class Engine:
             "p1_null": pa.array(kind == 1),
             "third_party": pa.array(service >= 0),
             "to_exo": pa.array(f["relay_host"]["to_exo"][c["relay_host"]]),
-            "has_external_rcpt": pa.array(f["recipient_domains"]["external"][c["recipient_domains"]]),
-            "has_internal_rcpt": pa.array(f["recipient_domains"]["internal"][c["recipient_domains"]]),
+            "has_external_rcpt": pa.array((c["rcpt_class"] & 2) > 0),
+            "has_internal_rcpt": pa.array((c["rcpt_class"] & 1) > 0),
             "logged_by_exo": pa.array(c["logged_by_exo"] == 1),
             "is_ndr": _tri(np.where(c["is_ndr"] == 3, 2, c["is_ndr"])),
         }
@@ -488,7 +678,7 @@ class Engine:
             remedy,
         )
 
-        self._note_warnings(weights, named_status, c, nf, ip_state, has_relay_ip, host_known, hf, ip_disabled, service, via, in_scope, ipf)
+        warnings = self._warning_ids(named_status, c, nf, ip_state, has_relay_ip, host_known, hf, ip_disabled, service, via, in_scope, ipf)
 
         reason = _reason(
             kind=kind, p1_dom=_take_str(p1d["values"], c["p1_domain"]), p1_acc=p1_acc,
@@ -505,103 +695,125 @@ class Engine:
             "source_ip": ip_text,
             "verdict_old": old, "verdict_new": new, "impact": impact,
             "scenario": pc.if_else(pa.array(scenario >= 0), scen_str, pa.scalar("")),
-            "third_party": third_party, "reason": reason, "remedy": remedy,
+            "third_party": third_party, "reason": reason, "remedy": remedy, "warnings": warnings,
         }
 
-    def _note_warnings(self, weights, named_status, c, nf, ip_state, has_relay_ip, host_known, hf, ip_disabled, service, via, in_scope, ipf) -> None:
-        """Hygiene and data-quality warnings, counted in messages (relay-rules.md)."""
-        w = self.warnings
+    def _warning_ids(self, named_status, c, nf, ip_state, has_relay_ip, host_known, hf, ip_disabled, service, via, in_scope, ipf) -> np.ndarray:
+        """Per combo and warning kind (_WARNING_KINDS), the id of its hygiene or data-quality
+        warning text (relay-rules.md), or -1; counted in messages per batch by _count_warnings."""
+        m = len(named_status)
+        out = np.full((len(_WARNING_KINDS), m), -1, dtype=np.int32)
 
-        def add(mask: np.ndarray, label_fn, key: np.ndarray | None = None) -> None:
-            """Count messages per distinct `key` value under `mask`; Python runs once per
-            distinct warning text, never per message or per combo."""
+        def add(kind: str, mask: np.ndarray, label_fn, key: np.ndarray | None = None) -> None:
+            """Python runs once per distinct warning text, never per combo."""
             if not mask.any():
                 return
-            key = np.zeros(len(mask), dtype=np.int64) if key is None else key
-            totals = np.bincount(key[mask], weights=weights[mask])
-            with self._warnings_lock:
-                for k in np.flatnonzero(totals):
-                    w[label_fn(int(k))] += int(totals[k])
+            key = np.zeros(m, dtype=np.int64) if key is None else key
+            distinct, which = np.unique(key[mask], return_inverse=True)
+            label_ids = np.array([self._label_id(label_fn(int(k))) for k in distinct], dtype=np.int32)
+            out[_WARNING_KINDS.index(kind), mask] = label_ids[which]
 
-        # Python here runs once per distinct warning combo, never per message.
-        named_vals = nf["values"].to_pylist() + [None]
-        add(named_status == 3, lambda k: f"connector {named_vals[k]!r} named in the logs is not in the config (counted as a match)", c["connector"])
-        ip_vals = ipf["values"].to_pylist() + [None]
-        add(has_relay_ip & (ip_state == 0), lambda k: f"source IP {ip_vals[k]!r} is not an IP address (treated as unknown)", c["relay_ip"])
-        add((ip_state == 2), lambda _k: "IPv6 source addresses never match a connector (Exchange Online connectors are IPv4 only)")
-        host_vals = hf["values"].to_pylist() + [None]
-        add(~has_relay_ip & ~host_known & (c["host"] < len(hf["values"])), lambda k: f"host {host_vals[k]!r} is not in the config [[hosts]]: its source IP and certificate are unknown", c["host"])
-        add(ip_disabled & in_scope, lambda _k: "traffic still comes from the range of a disabled OnPremises connector")
+        add("connector", named_status == 3, lambda k: f"connector {_value(nf['values'], k)!r} named in the logs is not in the config (counted as a match)", c["connector"])
+        add("ip", has_relay_ip & (ip_state == 0), lambda k: f"source IP {_value(ipf['values'], k)!r} is not an IP address (treated as unknown)", c["relay_ip"])
+        add("ipv6", ip_state == 2, lambda _k: "IPv6 source addresses never match a connector (Exchange Online connectors are IPv4 only)")
+        add("host", ~has_relay_ip & ~host_known & (c["host"] < len(hf["values"])), lambda k: f"host {_value(hf['values'], k)!r} is not in the config [[hosts]]: its source IP and certificate are unknown", c["host"])
+        add("disabled", ip_disabled & in_scope, lambda _k: "traffic still comes from the range of a disabled OnPremises connector")
         svc = self.rc.services.services
-        add((service >= 0) & (via == 1) & in_scope, lambda k: f"third-party service {svc[k].name} is matched by a connector IP range: shared IPs let other tenants relay too (MC1226222)", np.maximum(service, 0))
+        add("shared_ip", (service >= 0) & (via == 1) & in_scope, lambda k: f"third-party service {svc[k].name} is matched by a connector IP range: shared IPs let other tenants relay too (MC1226222)", np.maximum(service, 0))
+        return out
+
+    def _label_id(self, label: str) -> int:
+        if label not in self._label_ids:
+            self._label_ids[label] = len(self._labels)
+            self._labels.append(label)
+        return self._label_ids[label]
 
 
 # ------------------------------------------------------------------------------------------
 # helpers: codes, factorization, three-valued values, impact, scenario, reason, assembly
 
 
-def _p1_kind(null_sender, p1_domain_codes: np.ndarray, n_dict: int) -> np.ndarray:
-    """0 unknown, 1 null sender <>, 2 address with a domain, 3 no domain (a bare local user)."""
-    code = _bool_code(null_sender)  # 0 address, 1 null sender, 3 P1 unknown
+def _p1_kind(null_sender: np.ndarray, p1_domain_codes: np.ndarray, n_dict: int) -> np.ndarray:
+    """0 unknown, 1 null sender <>, 2 address with a domain, 3 no domain (a bare local user),
+    from null_sender's code (0 address, 1 null sender, 3 P1 unknown)."""
     has_dom = p1_domain_codes < n_dict
-    return np.select([code == 3, code == 1, has_dom], [0, 1, 2], default=3).astype(np.int8)
+    return np.select([null_sender == 3, null_sender == 1, has_dom], [0, 1, 2], default=3).astype(np.int8)
 
 
-def _bool_code(col) -> np.ndarray:
-    """false 0, true 1, null 3 (codes for factorization), read off the bitmaps."""
+def _bool_code(col) -> np.ndarray | None:
+    """false 0, true 1, null 3 (codes for factorization); None when every row is null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    n = len(col)
-    if col.null_count == n:
-        return np.full(n, 3, dtype=np.int8)
-    col = col.cast(pa.bool_())
-    bits = np.unpackbits(np.frombuffer(col.buffers()[1], dtype=np.uint8), bitorder="little")
-    values = bits[col.offset : col.offset + n].astype(np.int8)
-    return np.where(_validity(col), values, np.int8(3)) if col.null_count else values
+    if col.null_count == len(col):
+        return None
+    return _view(pc.fill_null(pc.cast(col, pa.int8()), pa.scalar(3, pa.int8())))
 
 
-def _factorize(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ids for the distinct rows of several code arrays: (inverse per row, one
-    representative row per id). Mixed-radix keys, re-densified before they could overflow."""
-    n = len(code_arrays[0]) if code_arrays else 0
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    key = None
-    span = 1
-    for codes, size in zip(code_arrays, sizes, strict=True):
-        if size == 1:
-            continue
-        if key is None:
-            key = codes.astype(np.int64)
-            span = size
-            continue
-        if span * size > _TABLE_LIMIT:
-            key, span = _densify(key, span)
-        key *= size  # in place: no temporaries per column
-        key += codes
-        span *= size
-    if key is None:
-        key = np.zeros(n, dtype=np.int64)
-    inverse, m = _densify(key, span)
-    rep = np.empty(m, dtype=np.int64)
-    rep[inverse] = np.arange(n, dtype=np.int64)
-    return inverse, rep
+def _factorize(code_arrays: list[np.ndarray | None], sizes: list[int], n: int) -> tuple[np.ndarray, list[np.ndarray | None], int]:
+    """Dense ids for the distinct rows of several code arrays (None: a constant column):
+    (intp id per row, each array's code per id, number of ids). The codes are packed into
+    one int64 key by bit shifts and hashed once by Arrow; the distinct keys unpack into the
+    codes per id. Codes wider than 62 bits together are densified part way, and the codes
+    per id then come from a representative row instead."""
+    widths = [int(size - 1).bit_length() if codes is not None else 0 for codes, size in zip(code_arrays, sizes, strict=True)]
+    live = [(codes, bits) for codes, bits in zip(code_arrays, widths, strict=True) if bits > 0]
+    key, exact = _pack_bits(live, n)
+    enc = pc.dictionary_encode(pa.array(key))
+    inverse = _view(enc.indices.cast(pa.int64()))  # intp: numpy's gathers want no conversion
+    m = len(enc.dictionary)
+    if not exact:
+        rep = np.empty(m, dtype=np.intp)
+        rep[inverse] = np.arange(n, dtype=np.intp)
+        return inverse, [None if bits == 0 else codes[rep] for codes, bits in zip(code_arrays, widths, strict=True)], m
+    distinct = enc.dictionary.to_numpy()
+    per_id: list[np.ndarray | None] = [None] * len(code_arrays)
+    for i in reversed(range(len(code_arrays))):
+        if widths[i]:
+            per_id[i] = (distinct & ((1 << widths[i]) - 1)).astype(np.int32)
+            distinct = distinct >> widths[i]
+    return inverse, per_id, m
 
 
-_TABLE_LIMIT = 1 << 20  # lookup tables stay in cache; past this the key is densified first
+def _pack_bits(live: list[tuple[np.ndarray, int]], n: int) -> tuple[np.ndarray, bool]:
+    """(the codes of each row packed side by side into one int64, as the (codes, bit width)
+    pairs say; False if the key had to be densified part way to stay within 62 bits).
+    Packed 32 bits at a time first: half the memory traffic of int64 arithmetic and no
+    casts for the 32-bit codes."""
+    words: list[tuple[np.ndarray, int]] = []  # (uint32 partial key, bits used)
+    for codes, bits in live:
+        if not words or words[-1][1] + bits > 32:
+            words.append((_pooled(n, np.uint32), 0))
+            words[-1][0][:] = 0
+        word, used = words[-1]
+        np.left_shift(word, bits, out=word)
+        if codes.dtype.itemsize == 4:
+            np.bitwise_or(word, codes.view(np.uint32), out=word)
+        else:
+            np.bitwise_or(word, codes, out=word, casting="unsafe")
+        words[-1] = (word, used + bits)
+    key = _pooled(n, np.int64)
+    key[:] = 0
+    used, exact = 0, True
+    for word, bits in words:
+        if used + bits > 62:
+            key, used = _densify(key)
+            exact = False
+        np.left_shift(key, bits, out=key)
+        np.bitwise_or(key, word, out=key, casting="unsafe")
+        used += bits
+    return key, exact
 
 
-def _densify(key: np.ndarray, span: int | None = None) -> tuple[np.ndarray, int]:
-    """Map keys to 0..m-1. A lookup table when the key space is small, else a hash."""
-    if span is not None and span <= _TABLE_LIMIT:
-        present = np.zeros(span, dtype=bool)
-        present[key] = True
-        uniq = np.flatnonzero(present)
-        remap = np.empty(span, dtype=np.int32)
-        remap[uniq] = np.arange(len(uniq))
-        return remap[key], len(uniq)
-    inverse, uniq = pd.factorize(key, sort=False)  # hashing: O(n), unlike a sort
-    return inverse.astype(np.int64, copy=False), len(uniq)
+def _densify(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """(ids 0..m-1 in first-seen order, bits those ids need), hashed by Arrow."""
+    enc = pc.dictionary_encode(pa.array(key))
+    ids = _view(enc.indices.cast(pa.int64()))
+    return ids.copy(), max(1, (len(enc.dictionary) - 1).bit_length())
+
+
+def _value(values: pa.Array, code: int):
+    """values[code] as Python, None for the null slot past the end."""
+    return values[code].as_py() if code < len(values) else None
 
 
 def _tri(codes: np.ndarray) -> pa.Array:
@@ -710,52 +922,79 @@ def _reason(*, kind, p1_dom, p1_acc, p2_dom, p2_acc, cert_source, cert_state, ce
     return pc.if_else(pa.array(in_scope), judged, not_relayed)
 
 
-def _dict_from_codes(codes: np.ndarray, values: tuple[str, ...], inverse: np.ndarray) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)[inverse]), pa.array(values, pa.string()))
-
-
-def _dict_from_strings(per_combo: pa.Array, inverse: np.ndarray) -> pa.DictionaryArray:
-    """Per-combo strings -> a row column sharing one small dictionary (one int32 gather)."""
-    enc = pc.dictionary_encode(per_combo)
-    codes = pc.fill_null(enc.indices.cast(pa.int32()), -1).to_numpy()
-    idx = codes[inverse]
-    validity = pa.py_buffer(np.packbits(idx >= 0, bitorder="little")) if (codes < 0).any() else None
-    indices = pa.Array.from_buffers(pa.int32(), len(idx), [validity, pa.py_buffer(idx)])
-    return pa.DictionaryArray.from_arrays(indices, enc.dictionary)
-
-
-def _bools_from_codes(columns: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str, pa.Array]:
-    """Several per-combo 0/1/2 columns -> nullable boolean row columns with ONE gather: each
-    combo's values and validities are packed into the bits of a byte first."""
-    flags = np.zeros(len(next(iter(columns.values()))), dtype=np.uint8)
-    for i, codes in enumerate(columns.values()):
-        flags |= ((codes == 1).astype(np.uint8) << (2 * i)) | ((codes != 2).astype(np.uint8) << (2 * i + 1))
-    rows = flags[inverse]
-    out = {}
-    for i, name in enumerate(columns):
-        data = pa.py_buffer(np.packbits((rows >> (2 * i)) & 1, bitorder="little"))
-        valid = (rows >> (2 * i + 1)) & 1
-        validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-        out[name] = pa.BooleanArray.from_buffers(pa.bool_(), len(rows), [validity, data])
+def _gather(per_combo: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """per_combo[inverse] into Arrow's memory pool (see _view); ids are always in range, so
+    mode="wrap" skips numpy's bounds checks and output buffering."""
+    out = _pooled(len(inverse), per_combo.dtype)
+    np.take(per_combo, inverse, out=out, mode="wrap")
     return out
 
 
-def _broadcast(out: dict, inverse: np.ndarray, pack_name: str) -> dict[str, pa.Array]:
-    """Per-combo results -> row columns, one integer gather each."""
+def _int32_array(values: np.ndarray, validity: pa.Buffer | None = None) -> pa.Array:
+    return pa.Array.from_buffers(pa.int32(), len(values), [validity, pa.py_buffer(values)])
+
+
+def _dict_from_codes(codes: np.ndarray, values: tuple[str, ...], inverse: np.ndarray) -> pa.DictionaryArray:
+    indices = _int32_array(_gather(codes.astype(np.int32), inverse))
+    return pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string()), safe=False)
+
+
+def _dict_from_vocabulary(codes: np.ndarray, vocabulary: pa.Array, inverse: np.ndarray, validity: pa.Buffer | None) -> pa.DictionaryArray:
+    """Per-combo codes into a run-wide vocabulary (-1 null) -> a row column whose dictionary
+    holds just the values this batch uses (one int32 gather per row; nulls come from the
+    validity bitmap that _flag_bitmaps made)."""
+    valid = codes >= 0
+    present = np.zeros(len(vocabulary), dtype=bool)
+    present[codes[valid]] = True
+    used = np.flatnonzero(present)
+    remap = np.cumsum(present, dtype=np.int32) - 1
+    table = np.where(valid, remap[np.maximum(codes, 0)] if len(remap) else 0, 0).astype(np.int32)
+    indices = _int32_array(_gather(table, inverse), validity)
+    # in range by construction, so Arrow need not check a million indices again
+    return pa.DictionaryArray.from_arrays(indices, vocabulary.take(pa.array(used, pa.int64())), safe=False)
+
+
+def _flag_bitmaps(flags: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str, pa.Buffer | None]:
+    """Several per-combo boolean columns -> one Arrow bitmap per row each, with ONE gather: the
+    combo's flags are packed into the bits of an integer first. None for a flag true on every
+    row (a validity bitmap that can be left out)."""
+    assert len(flags) <= 16
+    packed = np.zeros(len(next(iter(flags.values()))), dtype=np.uint16)
+    for i, flag in enumerate(flags.values()):
+        packed |= flag.astype(np.uint16) << i
+    rows = _gather(packed, inverse)
+    bit = _pooled(len(rows), np.uint16)
+    is_set = _pooled(len(rows), np.bool_)
+    out = {}
+    for i, (name, flag) in enumerate(flags.items()):
+        if flag.all():
+            out[name] = None
+            continue
+        np.bitwise_and(rows, np.uint16(1 << i), out=bit)
+        np.not_equal(bit, 0, out=is_set)  # contiguous bytes: packbits' fast path
+        out[name] = pa.py_buffer(np.packbits(is_set, bitorder="little"))
+    return out
+
+
+def _broadcast(per_combo: dict[str, np.ndarray], vocabularies: dict[str, pa.Array], inverse: np.ndarray, rule_pack: pa.Array) -> dict[str, pa.Array]:
+    """Per-combo results -> row columns: one int32 gather per dictionary column, and one
+    gather for every boolean value and validity bit together."""
     n = len(inverse)
-    return {
-        "rule_pack": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([pack_name])),
-        **_bools_from_codes({k: out[k] for k in ("p1_accepted", "p2_accepted", "cert_accepted", "connector_match")}, inverse),
-        "matched_connector": _dict_from_strings(out["matched_connector"], inverse),
-        "source_ip": _dict_from_strings(out["source_ip"], inverse),
-        "verdict_old": _dict_from_codes(out["verdict_old"], VERDICT_VALUES, inverse),
-        "verdict_new": _dict_from_codes(out["verdict_new"], VERDICT_VALUES, inverse),
-        "impact": _dict_from_codes(out["impact"], IMPACTS, inverse),
-        "scenario": _dict_from_strings(out["scenario"], inverse),
-        "third_party": _dict_from_strings(out["third_party"], inverse),
-        "reason": _dict_from_strings(out["reason"], inverse),
-        "remedy": _dict_from_strings(out["remedy"], inverse),
-    }
+    tri = ("p1_accepted", "p2_accepted", "cert_accepted", "connector_match")
+    flags = {f"{k}.value": per_combo[k] == 1 for k in tri}
+    flags.update({f"{k}.valid": per_combo[k] != 2 for k in tri})
+    flags.update({f"{k}.valid": per_combo[k] >= 0 for k in _STRING_OUTPUTS})
+    bitmaps = _flag_bitmaps(flags, inverse)
+    out = {"rule_pack": rule_pack}
+    for k in tri:
+        data = bitmaps[f"{k}.value"] or pa.py_buffer(np.full((n + 7) // 8, 0xFF, dtype=np.uint8))
+        out[k] = pa.BooleanArray.from_buffers(pa.bool_(), n, [bitmaps[f"{k}.valid"], data])
+    out["verdict_old"] = _dict_from_codes(per_combo["verdict_old"], VERDICT_VALUES, inverse)
+    out["verdict_new"] = _dict_from_codes(per_combo["verdict_new"], VERDICT_VALUES, inverse)
+    out["impact"] = _dict_from_codes(per_combo["impact"], IMPACTS, inverse)
+    for k in _STRING_OUTPUTS:
+        out[k] = _dict_from_vocabulary(per_combo[k], vocabularies[k], inverse, bitmaps[f"{k}.valid"])
+    return out
 
 
 __all__ = ["Engine", "RuleContext", "DICT"]

@@ -82,3 +82,26 @@ def test_new_accept_implies_old_accept(rows, rules):
             assert v["verdict_old"] == "accept"
         if v["impact"] == "newly_rejected":
             assert (v["verdict_old"], v["verdict_new"]) == ("accept", "reject")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(message, min_size=2, max_size=40), cuts=st.lists(st.integers(1, 39), max_size=4),
+       rules=switches)
+def test_batches_sharing_one_engine_equal_one_batch(rows, cuts, rules):
+    """The engine keeps vocabularies and judged combos across batches (each with its own
+    dictionaries, as Parquet row groups have): batch by batch must equal all at once, every
+    verdict column and the warning counts included."""
+    from pipeline.rules import evaluate_table
+    from pipeline.rules.engine import Engine
+    from tests.helpers import messages
+
+    cfg = config_from_dict({**TENANT, "rules": rules})
+    whole_engine = Engine(cfg)
+    whole = whole_engine.evaluate_batch(messages(rows)).to_pylist()
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    engine = Engine(cfg)
+    parts = [engine.evaluate_batch(messages(rows[a:b])) for a, b in zip(bounds, bounds[1:], strict=False)]
+    split = [r for part in parts for r in part.to_pylist()]
+    assert split == whole
+    assert engine.warnings == whole_engine.warnings
+    assert evaluate_table(messages(rows), cfg).to_pylist() == whole
