@@ -203,8 +203,29 @@ def read_row_group(part: tuple[Path, int], columns: list[str] | None = None) -> 
     row groups on its worker threads, so reading uses both cores without Arrow's own pool.
     pre_buffer=False: for local files, coalescing reads ahead costs more than it saves."""
     path, i = part
-    table = pq.ParquetFile(path, pre_buffer=False).read_row_group(i, columns=columns, use_threads=False)
-    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], table.schema)
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    group = pf.metadata.row_group(i)
+    schema = pf.schema_arrow
+    schema = pa.schema([schema.field(c) for c in (columns if columns is not None else schema.names)])
+    empty = _all_null_columns(group)
+    if not group.num_rows:
+        return pa.RecordBatch.from_pylist([], schema)
+    table = pf.read_row_group(i, columns=[c for c in schema.names if c not in empty], use_threads=False)
+    arrays = [pa.nulls(group.num_rows, f.type) if f.name in empty else table.column(f.name).combine_chunks() for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _all_null_columns(row_group: pq.RowGroupMetaData) -> set[str]:
+    """Top-level columns whose statistics say every value of the row group is null: they are
+    made with pa.nulls instead of decoded (a source format without a field, such as the
+    connector column of MTA logs, costs nothing to read)."""
+    empty = set()
+    for j in range(row_group.num_columns):
+        col = row_group.column(j)
+        stats = col.statistics
+        if "." not in col.path_in_schema and stats is not None and stats.has_null_count and stats.null_count == row_group.num_rows:
+            empty.add(col.path_in_schema)
+    return empty
 
 
 def read_table(files: Iterable[Path], columns: list[str] | None = None) -> pa.Table:
