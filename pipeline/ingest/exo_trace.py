@@ -165,7 +165,8 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
     )
     ctx.lines_read(src.name, NAME, skip + 1)
     ctx.skipped(src.name, NAME, "header line (#TYPE and column names)", skip + 1)
-    numbering = _Numbering(first_line=skip + 2)
+    total_lines, blanks = _scan_lines(src)
+    numbering = _Numbering(first_line=skip + 2, blanks=blanks[blanks > skip + 1])
     tables: list[pa.Table] = []
     for batch in reader:
         t = pa.Table.from_batches([batch])
@@ -178,22 +179,44 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
     if invalid:
         bad_lines, bad_raw = numbering.rest(invalid)
         _reject_invalid(src, ctx, bad_lines, bad_raw)
-    _account_blank_lines(src, ctx)
+    _account_blank_lines(src, ctx, total_lines)
     if tables:
         yield _dates(pa.concat_tables(tables), src, ctx)
 
 
-def _account_blank_lines(src: Source, ctx: IngestContext) -> None:
-    """pyarrow's CSV reader drops empty lines without a word: count the file's physical lines
-    (streamed in 1 MiB pieces) and book the difference as skipped blank lines."""
+_SCAN_PIECE = 1 << 20  # characters per read of _scan_lines
+
+
+def _scan_lines(src: Source) -> tuple[int, np.ndarray]:
+    """(physical lines in the file, line numbers of its empty lines), streamed in 1 MiB
+    pieces: pyarrow's CSV reader drops empty lines without a word, so they are found here to
+    count them and to keep every row's source_line the physical one."""
     stream, _enc = text_stream(src)
-    total, last = 0, ""
+    total, blanks = 0, []
+    carry_len, carry_last = 0, 0  # length and last character of a line left open by a piece
     with stream:
-        while piece := stream.read(1 << 20):
-            total += piece.count("\n")
-            last = piece[-1]
-    if last and last != "\n":
+        while piece := stream.read(_SCAN_PIECE):
+            chars = np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)
+            ends = np.flatnonzero(chars == 10)
+            if len(ends):
+                lengths = ends - np.concatenate([[0], ends[:-1] + 1])
+                lengths[0] += carry_len
+                before = np.where(ends > 0, chars[np.maximum(ends - 1, 0)], carry_last)
+                # a line of nothing, or of a lone CR (Windows line ends), is empty
+                empty = (lengths == 0) | ((lengths == 1) & (before == 13))
+                blanks.append(total + 1 + np.flatnonzero(empty))
+                total += len(ends)
+                carry_len = len(chars) - int(ends[-1]) - 1
+            else:
+                carry_len += len(chars)
+            carry_last = int(chars[-1])
+    if carry_len:
         total += 1  # a last line without a line end
+    return total, np.concatenate(blanks) if blanks else np.zeros(0, dtype=np.int64)
+
+
+def _account_blank_lines(src: Source, ctx: IngestContext, total: int) -> None:
+    """Book the physical lines the CSV reader never reported (empty lines) as skipped."""
     entry = ctx.accounting.file(src.name, NAME)
     missing = total - entry["lines"]
     if missing > 0:
@@ -213,9 +236,16 @@ class _Numbering:
     """Physical line numbers for CSV records: pyarrow numbers invalid rows by record, valid
     rows come in order between them, and quoted newlines make a record span lines."""
 
-    def __init__(self, first_line: int):
+    def __init__(self, first_line: int, blanks: np.ndarray):
         self.record = 1  # next record number (pyarrow counts the header as record 1... below)
-        self.line = first_line
+        self.line = first_line  # counted without the empty lines the reader drops
+        # The j-th empty line (0-based) at physical line b_j comes before every line numbered
+        # b_j - j or more without them, so a line's physical number is its number plus how
+        # many of these thresholds it reaches.
+        self._thresholds = np.asarray(blanks, dtype=np.int64) - np.arange(len(blanks))
+
+    def _physical(self, lines: np.ndarray) -> np.ndarray:
+        return lines + np.searchsorted(self._thresholds, lines, side="right")
 
     def assign(self, nl: np.ndarray, invalid: list) -> tuple[np.ndarray, list[int], list[str]]:
         k = len(nl)
@@ -232,7 +262,7 @@ class _Numbering:
         extra = np.zeros(total, dtype=np.int64)
         extra[~is_bad] = nl
         extra[is_bad] = [t.count("\n") for _, t in bad]
-        starts = self.line + np.concatenate([[0], np.cumsum(1 + extra)[:-1]])
+        starts = self._physical(self.line + np.concatenate([[0], np.cumsum(1 + extra)[:-1]]))
         self.line += int((1 + extra).sum())
         self.record += total
         return starts[~is_bad], starts[is_bad].tolist(), [t for _, t in bad]

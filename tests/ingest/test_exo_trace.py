@@ -141,3 +141,29 @@ def test_blank_lines_are_counted_as_skipped(test_data, tmp_path):
     acc = ctx.accounting.files[str(path)]
     assert acc["lines"] == 6
     assert acc["skipped"]["blank line"] == 3
+    assert sorted(r["source_line"] for r in rows) == [3, 6]  # physical lines, blanks included
+
+
+def test_source_lines_stay_physical_across_blank_lines_and_crlf(test_data, tmp_path):
+    text = (test_data / "exo-trace" / "select_subset_monthfirst.csv").read_text()
+    head, first, second = text.strip("\n").split("\n")
+    path = tmp_path / "crlf_blanks.csv"
+    path.write_bytes(f"{head}\r\n\r\n{first}\r\n\r\n\r\n\r\n{second}".encode())  # no final line end
+    rows, rej, ctx = run([path])
+    assert not rej
+    assert sorted(r["source_line"] for r in rows) == [3, 7]
+    acc = ctx.accounting.files[str(path)]
+    assert acc["lines"] == 7 and acc["skipped"]["blank line"] == 4
+
+
+def test_line_scan_across_piece_boundaries(tmp_path, monkeypatch):
+    """Empty lines found however the stream is cut into pieces (here 1 to 5 characters)."""
+    from pipeline.ingest import exo_trace
+    from pipeline.ingest.base import Source
+
+    path = tmp_path / "lines.csv"
+    path.write_bytes(b"a,b\r\n\r\nx\n\n\ny\r\n\r\nzz")
+    for piece in range(1, 6):
+        monkeypatch.setattr(exo_trace, "_SCAN_PIECE", piece)
+        total, blanks = exo_trace._scan_lines(Source(path))
+        assert (total, blanks.tolist()) == (8, [2, 4, 5, 7]), piece
