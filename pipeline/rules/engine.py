@@ -2,13 +2,18 @@
 
 How it stays fast (mail logs repeat the same few domains, IPs, hosts and certificates):
 1. every input column is dictionary-encoded; each condition is computed once per distinct
-   value of its column (`_ColumnFacts`), never per message;
-2. the row-wise tuple of dictionary codes is factorized into "combos" (distinct combinations
-   of inputs that matter), typically thousands for millions of messages;
-3. conditions, verdicts, impact, scenario and reason are computed per combo with Kleene
-   kernels (`_judge`), and broadcast back to the rows with one integer gather per column.
+   value per run (`_Vocabulary`: values only append, so Parquet row groups with dictionaries
+   of their own share one set of facts), never per message;
+2. the row-wise tuple of dictionary codes is packed into one int64 key per row and hashed once
+   (`_factorize`) into "combos", distinct combinations of the inputs that matter: typically
+   thousands for millions of messages;
+3. conditions, verdicts, impact, scenario and reason are computed with Kleene kernels once per
+   combo per run (`_judge`; `_combo_ids` remembers judged combos across batches), and
+   broadcast back to the rows with one integer gather per column (`_broadcast`).
 
-No Python code runs per message; Python loops only over config items (connectors, hosts).
+Row-sized arrays are made in Arrow's memory pool, which keeps freed pages for the next batch
+(see `_view`). No Python code runs per message; Python loops only over config items
+(connectors, hosts) and distinct warning texts.
 """
 
 from __future__ import annotations
@@ -216,11 +221,6 @@ def _view(arr: pa.Array) -> np.ndarray:
     by Arrow kernels and viewed, not made by numpy: Arrow's memory pool keeps freed pages for
     the next batch, where fresh numpy arrays would cost a page fault per 4 KiB."""
     return np.frombuffer(arr.buffers()[1], dtype=arr.type.to_pandas_dtype(), count=arr.offset + len(arr))[arr.offset :]
-
-
-def _validity(arr: pa.Array) -> np.ndarray:
-    """The validity bitmap as a bool array (all true when the array has no bitmap)."""
-    return _bits(arr, 0).view(bool)
 
 
 def _bits(arr: pa.Array, buffer: int) -> np.ndarray:
