@@ -33,15 +33,15 @@ def by_sender(rows):
 
 
 def test_sample_inbound_tied_to_outbound_relay(sample_logs):
-    rows, ctx, rejected = run([sample_logs / "iis-smtp" / "ex260302.log"])
+    rows, ctx, rejected = run([sample_logs / "iis-smtp" / "ex261102.log"])
     assert not rejected
     scan = by_sender(rows)["scanner@printers.contoso.local"]
     assert scan["client_ip"] == "203.0.113.80" and scan["recipients"] == ["accounts@fabrikam.com"]
     assert scan["relay_host"] == "BN8NAM12FT091.mail.protection.outlook.com"
     assert scan["response"].startswith("550 5.7.64 TenantAttribution; Relay Access Denied [")
     assert scan["status"] == "bounced" and scan["size"] == 884213
-    assert scan["message_id"] == "MFP2FWEST.0302081502.0001@printers.contoso.local"
-    assert scan["ts"] == datetime(2026, 3, 2, 8, 15, 2, tzinfo=UTC) and scan["host"] == "iis01"
+    assert scan["message_id"] == "MFP2FWEST.1102081502.0001@printers.contoso.local"
+    assert scan["ts"] == datetime(2026, 11, 2, 8, 15, 2, tzinfo=UTC) and scan["host"] == "iis01"
     ok = by_sender(rows)["timesheets@contoso.com"]
     assert ok["recipients"] == ["k.lee@fabrikam.com", "m.chan@fabrikam.com"]
     assert ok["status"] == "relayed" and ok["response"].startswith("250 2.6.0")
@@ -51,7 +51,7 @@ def test_sample_inbound_tied_to_outbound_relay(sample_logs):
 
 
 def test_outbound_only_ndr_after_restart_header(sample_logs):
-    rows, _, _ = run([sample_logs / "iis-smtp" / "ex260302.log"])
+    rows, _, _ = run([sample_logs / "iis-smtp" / "ex261102.log"])
     ndr = by_sender(rows)[""]
     assert ndr["is_ndr"] is True and ndr["p1_domain"] is None
     assert ndr["client_ip"] is None and ndr["recipients"] == ["orders@fabrikam.com"]
@@ -83,10 +83,10 @@ def test_ncsa_lines_are_rejected_with_a_reason():
 
 
 def test_detect(sample_logs):
-    assert iis_smtp.detect((sample_logs / "iis-smtp" / "ex260302.log").read_bytes())
+    assert iis_smtp.detect((sample_logs / "iis-smtp" / "ex261102.log").read_bytes())
     web = b"#Software: Microsoft Internet Information Services 10.0\n#Fields: date time s-ip cs-method cs-uri-stem c-ip\n2026-01-01 00:00:00 192.0.2.1 GET / 192.0.2.9\n"
     assert not iis_smtp.detect(web)
-    assert resolve_format(Source(sample_logs / "iis-smtp" / "ex260302.log")).NAME == "iis-smtp"
+    assert resolve_format(Source(sample_logs / "iis-smtp" / "ex261102.log")).NAME == "iis-smtp"
 
 
 def test_real_ossec_sample(real_samples, tmp_path):
@@ -145,7 +145,7 @@ def test_tiny_blocks_stream_to_the_same_rows(sample_logs, tmp_path):
     partner; any block size gives the same rows and the same line accounting."""
     busy = tmp_path / "ex260302.log"
     _busy_day(busy)
-    for path in (busy, sample_logs / "iis-smtp" / "ex260302.log",
+    for path in (busy, sample_logs / "iis-smtp" / "ex261102.log",
                  DATA / "custom_fields_and_ncsa.log"):
         whole, ctx_whole, rej_whole = run([path], chunk_bytes=64 * 1024 * 1024)
         small, ctx_small, rej_small = run([path], chunk_bytes=300 if path != busy else 4000)
