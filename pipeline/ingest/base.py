@@ -26,6 +26,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,9 +35,7 @@ from ..normalize import (
     domain_of,
     envelope_sender,
     header_sender,
-    list_domains_joined,
     normalise_domain,
-    per_distinct,
 )
 from ..schema import MESSAGES, REJECTS
 
@@ -223,6 +222,41 @@ class IngestContext:
         self._reject_sink(table.cast(REJECTS))
 
 
+def _distinct(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """A string column as (distinct values, index of each row's value): what per_distinct
+    works on, kept so that several derivations share one hash pass."""
+    enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr.cast(pa.string()))
+    return enc.dictionary.cast(pa.string()), enc.indices
+
+
+def _recipient_domains(recipients: pa.Array) -> pa.Array:
+    """normalize.list_domains_joined (the distinct domains of each row, sorted, ';'-joined, null
+    for none), with domain_of run once per distinct address and the per-row sort done on
+    integer ranks of the distinct domains instead of a string sort of every recipient."""
+    n = len(recipients)
+    if n == 0:
+        return pa.array([], pa.string())
+    addresses, addr_idx = _distinct(pc.list_flatten(recipients))
+    parents = pc.list_parent_indices(recipients).to_numpy()
+    domains, dom_of_addr = _distinct(domain_of(addresses))
+    # Rank of each distinct domain in byte order (what a string sort gives), per recipient.
+    order = pc.sort_indices(domains).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    a = pc.fill_null(addr_idx, -1).to_numpy(zero_copy_only=False)
+    d = np.full(len(a), -1, dtype=np.int64)
+    d[a >= 0] = pc.fill_null(dom_of_addr, -1).to_numpy(zero_copy_only=False)[a[a >= 0]]
+    has = d >= 0
+    # Distinct (row, domain rank) pairs, sorted: each row's distinct domains in order.
+    width = max(len(order), 1)
+    key = np.unique(parents[has].astype(np.int64) * width + rank[d[has]])
+    counts = np.bincount(key // width, minlength=n)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    values = domains.take(pa.array(order[key % width]))
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), values), ";")
+    return pc.if_else(pa.array(counts == 0), pa.scalar(None, pa.string()), joined)
+
+
 def _dict(arr: pa.Array) -> pa.Array:
     return pc.dictionary_encode(arr).cast(pa.dictionary(pa.int32(), pa.string()))
 
@@ -248,24 +282,30 @@ def make_messages(columns: dict[str, pa.Array | list], length: int | None = None
     if length is None:
         length = len(next(iter(cols.values()))) if cols else 0
 
-    # Senders repeat (one application, many messages): normalise each distinct value once.
-    if "p1_sender" in cols:
-        cols["p1_sender"] = per_distinct(cols["p1_sender"], envelope_sender)
-    if "p2_sender" in cols:
-        cols["p2_sender"] = per_distinct(cols["p2_sender"], header_sender)
+    # Senders repeat (one application, many messages): normalise each distinct value once, and
+    # derive the domain from the same distinct values (domain_of already normalises it, so a
+    # derived domain is not normalised again; only a domain the caller passed is).
+    derived = set()
+    for sender, norm, dom in (
+        ("p1_sender", envelope_sender, "p1_domain"), ("p2_sender", header_sender, "p2_domain")
+    ):
+        if sender not in cols:
+            continue
+        values, indices = _distinct(cols[sender])
+        values = norm(values)
+        cols[sender] = values.take(indices)
+        if dom not in cols:
+            cols[dom] = domain_of(values).take(indices)
+            derived.add(dom)
     if "p1_sender" in cols:
         # Derived once here so the engine never has to read the high-cardinality p1_sender.
         cols["null_sender"] = pc.equal(pc.binary_length(cols["p1_sender"]), 0)
-    if "p1_domain" not in cols and "p1_sender" in cols:
-        cols["p1_domain"] = per_distinct(cols["p1_sender"], domain_of)
-    if "p2_domain" not in cols and "p2_sender" in cols:
-        cols["p2_domain"] = per_distinct(cols["p2_sender"], domain_of)
     for dom in ("p1_domain", "p2_domain"):
-        if dom in cols and not pa.types.is_dictionary(cols[dom].type):
+        if dom in cols and dom not in derived and not pa.types.is_dictionary(cols[dom].type):
             cols[dom] = normalise_domain(cols[dom])
     if "recipients" in cols:
         if "recipient_domains" not in cols:
-            cols["recipient_domains"] = list_domains_joined(cols["recipients"])
+            cols["recipient_domains"] = _recipient_domains(cols["recipients"])
         if "recipient_count" not in cols:
             cols["recipient_count"] = pc.list_value_length(cols["recipients"])
     if "message_id" in cols:

@@ -23,17 +23,20 @@ statistics, postscreen...) and lines of other programs in the same file (dovecot
 opendkim) are counted as skips with a reason; only lines without a readable syslog prefix, or
 Postfix records too broken to read, are rejects.
 
-Speed: a block (8 MB of whole lines) stays one byte buffer; the syslog prefix, the queue id and
-the start of each record are byte offsets found with numpy (syslog.parse_prefix_raw), lines are
-classified by program on the few distinct tags, record kinds and daemon noise are told apart on
-the first 32 bytes of each record (syslog.RawLines.heads: integer compares, no string cut out),
-and only the text a record kind needs is cut out, once (through an Arrow string_view). Delivery (`to=`) and header_checks lines are read with
-`split_pattern` on ', ' / '; from=<' rather than one big regex; the remaining small regexes run
-only on the lines of their record kind. Correlation is a sort over the events of a block plus
-the messages still open (state carried across blocks and files, so memory is bounded by
-messages in flight), with first-value-per-message picked by numpy on the sorted rows. Blocks are
-parsed, and finished messages turned into batches, on a two-thread pool (Arrow and numpy release
-the GIL); the correlation step stays in order on the main thread. Rotated files are read in time
+Speed: a block (16 MB of whole lines, read straight into one padded buffer) stays one byte
+buffer; the syslog prefix, the queue id and the start of each record are byte offsets found with
+numpy (syslog.parse_prefix_raw), lines are classified by program on the few distinct tags, record
+kinds and daemon noise are told apart on the first bytes of each record (syslog.RawLines.heads:
+integer compares, no string cut out). Each record kind is then read on byte offsets in its usual
+shape (the _read_* functions: delivery, header_checks, client=, message-id=, qmgr from=) and only
+its fields are cut out, once; a record of any other shape goes to the general Arrow reader of its
+kind (splits, small regexes), which therefore runs on a few lines only and keeps the answers the
+same. Correlation works on integer keys over the events of a block plus the messages still open
+(state carried across blocks and files, so memory is bounded by messages in flight) and hands
+on row indices: the events are never sorted or copied as a table; each message column is
+gathered once, with first-value-per-message picked by numpy. Blocks are parsed, and finished
+messages turned into batches, on a two-thread pool (Arrow and numpy release the GIL); reading
+and the correlation step stay in order on the main thread. Rotated files are read in time
 order, whatever order they are given.
 """
 
@@ -53,10 +56,12 @@ from ..normalize import extract
 from ..schema import TS
 from .base import IngestContext, Source, decode_head, make_messages
 from .syslog import (
+    RawLines,
     element,
     file_clock,
+    first_true,
     head_starts,
-    iter_raw_blocks,
+    iter_padded_blocks,
     last_element,
     order_by_time,
     origin_columns,
@@ -101,7 +106,7 @@ REJECT_QMGR = "Postfix qmgr from= line that cannot be read"
 # gives up on a message after maximal_queue_lifetime (5 days by default, postconf(5)).
 OPEN_HORIZON_US = 6 * 24 * 3600 * 1_000_000
 
-_BLOCK_BYTES = 8 * 1024 * 1024  # per parse task: small enough to keep both cores busy
+_BLOCK_BYTES = 16 * 1024 * 1024  # per parse task: fewer calls per line, still two tasks in flight
 
 _STR = pa.string()
 _NULL = pa.scalar(None, _STR)
@@ -125,7 +130,21 @@ class Block:
     events: pa.Table  # one row per line that belongs to a message (see _EVENT_COLUMNS)
     noqueue: pa.Table  # NOQUEUE rejects: each is a message on its own (same columns)
     skipped: Counter
-    rejects: tuple[list, list, pa.Array] | None  # (line numbers, reasons, raw lines)
+    rejects: tuple[np.ndarray, pa.Array, pa.Array] | None  # (line indices, reasons, raw lines)
+
+    def number_lines(self, first_line: int) -> None:
+        """Line numbers in the file, now that the lines of the blocks before are counted:
+        parse_block numbers the lines of its block from 0 (blocks are parsed out of order)."""
+        self.events = _shift_lines(self.events, first_line)
+        self.noqueue = _shift_lines(self.noqueue, first_line)
+        if self.rejects is not None:
+            idx, reasons, raws = self.rejects
+            self.rejects = (idx + first_line, reasons, raws)
+
+
+def _shift_lines(t: pa.Table, by: int) -> pa.Table:
+    i = t.schema.get_field_index("line")
+    return t.set_column(i, "line", pc.add(t.column("line"), pa.scalar(by, pa.int64())))
 
 
 _EVENT_COLUMNS = {
@@ -278,8 +297,306 @@ def _host_of_relay(relay: pa.Array) -> pa.Array:
     return element(pc.split_pattern(relay, "[", max_splits=1), 0)
 
 
+# ---- fast paths on byte offsets ------------------------------------------------------------
+#
+# The record readers below (_read_*) take the byte range [a, e) of each record of one kind and
+# read the usual shape of that record with numpy on byte offsets (RawLines.next_byte, heads):
+# only the fields are cut out, once. A record of any other shape (a field missing, a stray
+# ',' or '>', an unusual length) goes to the general Arrow reader of that kind, so both give
+# the same answers; the general readers then run on a few rows only.
+
+
+def _literal_at(raw: RawLines, pos: np.ndarray, end: np.ndarray, text: str) -> np.ndarray:
+    """Whether the bytes at pos (before end) start with text (at most 16 bytes, no NUL): one
+    or two 8-byte words read at pos and compared, cheaper than RawLines.heads' 32 bytes."""
+    want = text.encode()
+    words = np.ndarray((len(raw.buf) - 7,), dtype=np.uint64, buffer=raw.buf, strides=(1,))
+    inside = (pos >= 0) & (end - pos >= len(want))  # then pos + 16 is inside the padded buffer
+    at = np.where(inside, pos, 0)
+    found = inside
+    for k in range(0, len(want), 8):
+        part = want[k : k + 8]
+        mask = np.uint64((1 << (8 * len(part))) - 1)
+        found = found & ((words[at + k] & mask) == np.uint64(int.from_bytes(part, "little")))
+    return found
+
+
+def _byte_at(raw: RawLines, pos: np.ndarray) -> np.ndarray:
+    """The byte at each pos (positions past the block read its last padding zero)."""
+    return raw.buf[np.clip(pos, 0, len(raw.buf) - 1)]
+
+
+def _found(at: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """next_byte found something before the end of the record."""
+    return at < end
+
+
+def _combine(n: int, fast: np.ndarray, fast_vals: dict, slow_vals: dict) -> dict:
+    """Per-field results of the fast rows and of the general reader's rows -> one per row."""
+    fi, si = np.flatnonzero(fast), np.flatnonzero(~fast)
+    out = {}
+    for key, fv in fast_vals.items():
+        if isinstance(fv, np.ndarray):
+            merged = np.empty(n, dtype=fv.dtype)
+            merged[fi] = fv
+            if len(si):
+                merged[si] = slow_vals[key]
+            out[key] = merged
+        elif len(si):
+            out[key] = _place(n, [(fi, fv), (si, slow_vals[key])], fv.type)
+        else:
+            out[key] = fv
+    return out
+
+
+# Byte classes for _queue_id_words: 1 = short queue id character (upper-case hex digit), 2 =
+# long queue id character (letter or digit).
+_ID_CLASS = np.zeros(256, dtype=np.uint8)
+_ID_CLASS[[ord(c) for c in "0123456789ABCDEF"]] |= 1
+_ID_CLASS[[ord(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]] |= 2
+_ID_WORD = 16  # bytes tested with numpy; longer words go to the regex
+# For a word of length L: both class bits set on the bytes past L (they do not count).
+_ID_PAST = ((np.arange(_ID_WORD)[None, :] >= np.arange(_ID_WORD + 1)[:, None]) * np.uint8(3)).view(np.uint64)
+_SEVEN_BYTES = np.uint64(0x00FFFFFFFFFFFFFF)  # the first 7 bytes of a little-endian word
+_NOQUEUE = np.frombuffer(b"NOQUEUE\0", dtype=np.uint64)[0]
+
+
+def _queue_id_words(raw: RawLines, a: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each word [a, e) is a queue id (_QUEUE_ID), and whether it is 'NOQUEUE'. Words of
+    up to 16 bytes are tested on their bytes (a class lookup, then one AND over each 8-byte
+    half): short ids are 5+ upper-case hex digits, long ids 10+ letters or digits, a 'z',
+    then 1+ more. Longer words go to the regex."""
+    size = e - a
+    fits = size <= _ID_WORD
+    cut = np.minimum(size, _ID_WORD)
+    records = np.ndarray((len(raw.buf) - _ID_WORD + 1,), dtype=f"V{_ID_WORD}", buffer=raw.buf, strides=(1,))
+    word = records[np.minimum(a, len(raw.buf) - _ID_WORD)].view(np.uint8).reshape(len(a), _ID_WORD)
+    cls = np.take(_ID_CLASS, word).view(np.uint64) | np.take(_ID_PAST, cut, axis=0)
+    both = cls[:, 0] & cls[:, 1]
+    short_id = (both & 0x0101010101010101) == 0x0101010101010101
+    alnum = (both & 0x0202020202020202) == 0x0202020202020202
+    is_qid = fits & (size >= 5) & short_id
+    maybe_long = np.flatnonzero(fits & alnum & ~short_id & (size >= 12))
+    if len(maybe_long):
+        col = np.arange(_ID_WORD)[None, :]
+        z_at = (word[maybe_long] == 122) & (col >= 10) & (col <= size[maybe_long, None] - 2)
+        is_qid[maybe_long] = z_at.any(axis=1)
+    longer = np.flatnonzero(~fits)
+    if len(longer):
+        is_qid[longer] = _mask(pc.match_substring_regex(raw.slices(a[longer], e[longer]), _QUEUE_ID))
+    is_noq = (size == 7) & ((word.view(np.uint64)[:, 0] & _SEVEN_BYTES) == _NOQUEUE)
+    return is_qid, is_noq
+
+
+_HEADER_LINE = r"^[a-z_-]+: header [A-Za-z0-9-]+: "  # cleanup(8) header_checks INFO/WARN/...
+_NAME_CHAR = np.zeros(256, dtype=bool)  # [A-Za-z0-9-]: a header name
+_NAME_CHAR[[ord(c) for c in "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]] = True
+
+
+def _header_name_ends(raw: RawLines, a: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Whether [A-Za-z0-9-]+': ' starts at each a (the rest of _HEADER_LINE after 'info: header
+    '): on a 32-byte window; a longer name goes to the regex. The byte at a line's end is
+    '\n' or '\r', never a name character, so the window never reads on into the next line."""
+    window = raw.heads(a, a + 32).view(np.uint8).reshape(len(a), 32)
+    other = ~_NAME_CHAR[window]
+    stop = first_true(other)  # the first byte after the name
+    rows = np.arange(len(a))
+    inside = np.minimum(stop, 30)
+    out = (
+        (stop >= 1) & (window[rows, inside] == 58) & (window[rows, inside + 1] == 32)
+        & (a + inside + 1 < e)
+    )
+    longer = np.flatnonzero(stop >= 31)  # ': ' not (wholly) inside the window
+    if len(longer):
+        text = raw.slices(a[longer] - 13, e[longer])
+        out[longer] = _mask(pc.match_substring_regex(text, _HEADER_LINE))
+    return out
+
+
+_CLIENT = r"^client=[^\[,]*\[(?P<ip>[^\]]*)\]"  # smtpd(8): client=host[ip]
+
+
+def _read_client(raw: RawLines, a: np.ndarray, e: np.ndarray) -> pa.Array:
+    """client= records -> the client IP (_CLIENT; null when it does not match): on byte
+    offsets, the regex for records of another shape."""
+    bracket = raw.next_byte(a + 7, 91, e)
+    close = raw.next_byte(bracket + 1, 93, e)
+    fast = (
+        _literal_at(raw, a, e, "client=") & _found(bracket, e)
+        & ~_found(raw.next_byte(a + 7, 44, bracket), bracket) & _found(close, e)
+    )
+    fi, si = np.flatnonzero(fast), np.flatnonzero(~fast)
+    ip = raw.slices(bracket[fi] + 1, close[fi])
+    if not len(si):
+        return ip
+    return _place(len(a), [(fi, ip), (si, extract(raw.slices(a[si], e[si]), _CLIENT))], _STR)
+
+
+def _printable(byte: np.ndarray) -> np.ndarray:
+    """Printable ASCII other than space: never whitespace, never part of a UTF-8 sequence."""
+    return (byte > 32) & (byte < 127)
+
+
+def _read_message_id(raw: RawLines, a: np.ndarray, e: np.ndarray) -> pa.Array:
+    """message-id=<...> records -> the value after 'message-id=', whitespace trimmed. A value
+    that starts and ends with a printable ASCII byte needs no trimming; others are trimmed
+    with utf8_trim_whitespace (Unicode spaces too)."""
+    start = np.minimum(a + 11, e)  # after 'message-id='
+    fast = (e > start) & _printable(_byte_at(raw, start)) & _printable(_byte_at(raw, e - 1))
+    fi, si = np.flatnonzero(fast), np.flatnonzero(~fast)
+    mid = raw.slices(start[fi], e[fi])
+    if not len(si):
+        return mid
+    trimmed = pc.utf8_trim_whitespace(raw.slices(start[si], e[si]))
+    return _place(len(a), [(fi, mid), (si, trimmed)], _STR)
+
+
+_QMGR = r"^from=<(?P<f>[^>]*)>, (?:size=(?P<size>\d+)|status=(?P<st>[a-z]+))"  # qmgr(8)
+_POW10 = 10 ** np.arange(18, dtype=np.int64)  # 10**k, for the digits of a size
+
+
+def _qmgr_fields(s: pa.Array) -> dict:
+    """qmgr from= records (_QMGR) -> valid, from (null unless valid), size (int64, null
+    unless logged), expired ('status=expired': returned to sender)."""
+    g = pc.extract_regex(s, _QMGR)
+    valid = _mask(pc.is_valid(g))
+    size = pc.if_else(pa.array(valid), g.field("size"), _NULL)
+    return {
+        "valid": valid,
+        "from": pc.if_else(pa.array(valid), g.field("f"), _NULL),
+        "size": pc.if_else(pc.equal(size, ""), _NULL, size).cast(pa.int64()),
+        "expired": valid & _mask(pc.equal(g.field("st"), "expired")),
+    }
+
+
+def _read_qmgr(raw: RawLines, a: np.ndarray, e: np.ndarray) -> dict:
+    """_qmgr_fields for 'from=<p1>, size=N, ...' on byte offsets (N read with numpy, up to
+    18 digits); other shapes (status=, a longer number, no match) with the regex."""
+    gt = raw.next_byte(a + 6, 62, e)
+    digits_at = gt + 8
+    window = raw.heads(digits_at, e).view(np.uint8).reshape(len(a), 32)[:, :18]
+    not_digit = (window < 48) | (window > 57)
+    count = first_true(not_digit)  # digits before the first other byte (18: maybe more)
+    fast = (
+        _literal_at(raw, a, e, "from=<") & _found(gt, e) & _literal_at(raw, gt + 1, e, ", size=")
+        & (count >= 1) & (count < 18)
+    )
+    fi, si = np.flatnonzero(fast), np.flatnonzero(~fast)
+    # The number: digit j of a count-digit number is worth 10**(count - 1 - j).
+    exponent = count[fi, None] - 1 - np.arange(18)[None, :]
+    place = np.where(exponent >= 0, np.take(_POW10, np.maximum(exponent, 0)), 0)
+    size = ((window[fi].astype(np.int64) - 48) * place).sum(axis=1)
+    fast_vals = {
+        "valid": np.ones(len(fi), dtype=bool),
+        "from": raw.slices(a[fi] + 6, gt[fi]),
+        "size": pa.array(size, pa.int64()),
+        "expired": np.zeros(len(fi), dtype=bool),
+    }
+    slow_vals = _qmgr_fields(raw.slices(a[si], e[si])) if len(si) else {}
+    return _combine(len(a), fast, fast_vals, slow_vals)
+
+
+def _read_delivery(raw: RawLines, a: np.ndarray, e: np.ndarray) -> dict:
+    """Delivery records -> to, relay (the host: relay=host[ip]:port -> host), status, reply
+    ('' when none), valid: _delivery_fields and _host_of_relay, the usual shape
+    'to=<r>, relay=R, ..., status=S (reply)' read on byte offsets."""
+    gt = raw.next_byte(a + 4, 62, e)  # '>'
+    rs = gt + 9  # after '>, relay='
+    rc = raw.next_byte(rs, 44, e)  # the ', ' that ends relay=
+    fast = (
+        _literal_at(raw, a, e, "to=<") & _found(gt, e) & (raw.next_byte(a, 44, e) == gt + 1)
+        & _literal_at(raw, gt + 1, e, ", relay=") & _found(rc, e) & (_byte_at(raw, rc + 1) == 32)
+    )
+    # ', status=' is the first ', ' whose field is status=: try the commas from the relay's on.
+    comma = np.where(fast, rc, e)
+    found = np.zeros(len(a), dtype=bool)
+    for _ in range(8):  # to, relay, delay, delays, dsn, and a few optional fields
+        todo = np.flatnonzero(~found & (comma < e))
+        if not len(todo):
+            break
+        hit = _literal_at(raw, comma[todo], e[todo], ", status=")
+        found[todo[hit]] = True
+        miss = todo[~hit]
+        comma[miss] = raw.next_byte(comma[miss] + 1, 44, e[miss])
+    fast &= found
+    st = comma + 9
+    sp = raw.next_byte(st, 32, e)
+    has_reply = _found(sp, e)
+    st_end = np.where(has_reply, sp, e)
+    # status matches ^[A-Za-z-]+$ (at most 32 bytes here).
+    st_len = st_end - st
+    word = raw.heads(st, st_end).view(np.uint8).reshape(len(a), 32)
+    letter = ((word | 32) >= 97) & ((word | 32) <= 122) | (word == 45)
+    inside = np.arange(word.shape[1])[None, :] < st_len[:, None]
+    fast &= (st_len >= 1) & (st_len <= word.shape[1]) & (letter | ~inside).all(axis=1)
+    # ' (reply)': the reply drops its '(' and one closing ')'.
+    fast &= ~has_reply | ((sp + 1 < e) & (_byte_at(raw, sp + 1) == 40))
+    r0 = np.where(has_reply, sp + 2, e)
+    r1 = e - ((e > r0) & (_byte_at(raw, e - 1) == 41))
+    bracket = raw.next_byte(rs, 91, rc)
+    relay_end = np.where(bracket < rc, bracket, rc)
+
+    fi = np.flatnonzero(fast)
+    fast_vals = {
+        "valid": np.ones(len(fi), dtype=bool),
+        "to": raw.slices(a[fi] + 4, gt[fi]),
+        "relay": raw.slices(rs[fi], relay_end[fi]),
+        "status": raw.slices(st[fi], st_end[fi]),
+        "reply": raw.slices(r0[fi], r1[fi]),
+    }
+    slow_vals = {}
+    si = np.flatnonzero(~fast)
+    if len(si):
+        d = _delivery_fields(raw.slices(a[si], e[si]))
+        slow_vals = {**d, "relay": _host_of_relay(d["relay"])}
+    return _combine(len(a), fast, fast_vals, slow_vals)
+
+
+def _last_space_before(raw: RawLines, end: np.ndarray) -> np.ndarray:
+    """The last space in the 64 bytes before each end, -1 when there is none."""
+    back = np.maximum(end - 64, 0)
+    window = np.concatenate([raw.heads(back, end), raw.heads(back + 32, end)], axis=1)
+    last = first_true(window.view(np.uint8).reshape(len(end), 64) == 32, last=True)
+    return np.where(last < 64, back + last, -1)
+
+
+def _read_header(raw: RawLines, a: np.ndarray, e: np.ndarray) -> dict:
+    """header_checks records -> name, value, p1, to, valid (_header_fields), the usual shape
+    'info: header NAME: VALUE from CLIENT; from=<p1> to=<r> ...' read on byte offsets. The
+    record is a HEADER one, so NAME is [A-Za-z0-9-]+ and ends at the first ':'."""
+    colon = raw.next_byte(a + 13, 58, e)
+    # The value runs to the last '; from=<' of the record: here the record's only ';' (a ';'
+    # in the value or client goes to the general reader).
+    semi = raw.next_byte(colon + 2, 59, e)
+    fast = (
+        _literal_at(raw, a, e, "info: header ") & _found(colon, e) & (_byte_at(raw, colon + 1) == 32)
+        & _literal_at(raw, semi, e, "; from=<") & ~_found(raw.next_byte(semi + 1, 59, e), e)
+    )
+    # ' from CLIENT' before it: the client has no space, so ' from ' ends at the last space.
+    space = _last_space_before(raw, semi)
+    fast &= (space >= colon + 7) & _literal_at(raw, space - 5, e, " from ")
+    gt = raw.next_byte(semi + 8, 62, e)
+    fast &= _found(gt, e)
+    has_to = _literal_at(raw, gt + 1, e, " to=<")
+    to_end = raw.next_byte(gt + 6, 62, e)
+    to_ok = has_to & _found(to_end, e)
+
+    fi = np.flatnonzero(fast)
+    fast_vals = {
+        "valid": np.ones(len(fi), dtype=bool),
+        "name": raw.slices(a[fi] + 13, colon[fi]),
+        "value": raw.slices(colon[fi] + 2, space[fi] - 5),
+        "p1": raw.slices(semi[fi] + 8, gt[fi]),
+        # No to=<...>: an empty value at the record start (keeps the ranges in line order).
+        "to": raw.slices(np.where(to_ok, gt + 6, a)[fi], np.where(to_ok, to_end, a)[fi]),
+    }
+    si = np.flatnonzero(~fast)
+    slow_vals = _header_fields(raw.slices(a[si], e[si])) if len(si) else {}
+    return _combine(len(a), fast, fast_vals, slow_vals)
+
+
 def parse_block(
-    block: bytes, first_line: int, file_idx: int, seq0: int, clock, year, tz
+    block: np.ndarray, file_idx: int, seq0: int, clock, year, tz
 ) -> Block:
     """Classify and read one block of whole lines (runs on the thread pool).
 
@@ -287,7 +604,7 @@ def parse_block(
     the lines a record kind needs are turned into Arrow strings."""
     raw = raw_lines(block)
     n = len(raw)
-    line_no = np.arange(first_line, first_line + n, dtype=np.int64)
+    line_no = np.arange(n, dtype=np.int64)  # in the block; Block.number_lines makes them the file's
     skipped: Counter = Counter()
     p = parse_prefix_raw(raw, year=year, clock=clock, tz=tz)
     ok = p.ok
@@ -307,7 +624,7 @@ def parse_block(
         rejects_reason.append(_sub(p.error, idx))
 
     # Classify by program on the (few) distinct tags, not on every line.
-    programs = p.program.dictionary_encode()
+    programs = p.programs
     tags = programs.dictionary
     tag_idx = pc.fill_null(programs.indices, 0).to_numpy(zero_copy_only=False)
     if len(tags):
@@ -319,10 +636,14 @@ def parse_block(
     skipped[SKIP_OTHER_PROGRAM] += int((ok & ~is_pf).sum())
 
     pf = np.flatnonzero(is_pf)
+    pf_tag = tag_idx[pf]  # the tag of each Postfix line (a row of tags)
     tag_parts = pc.split_pattern(tags, "/")
-    pf_tags = pa.array(tag_idx[pf])
-    inst = element(tag_parts, 0).take(pf_tags)
-    daemon = last_element(tag_parts).take(pf_tags)
+    inst_of_tag = element(tag_parts, 0)  # syslog_name: postfix, postfix-out, ...
+    daemon_of_tag = last_element(tag_parts)
+
+    def daemon_is(*names: str) -> np.ndarray:
+        # Per Postfix line, tested once per distinct tag.
+        return _mask(pc.is_in(daemon_of_tag, pa.array(names, _STR)))[pf_tag]
 
     # 'QUEUEID: rest' / 'NOQUEUE: rest': the first word ends with ':' (the first ': ').
     m0 = p.msg_start[pf]
@@ -332,13 +653,9 @@ def parse_block(
     has_colon = (sp < e) & (sp > m0)
     has_colon &= raw.buf[np.maximum(sp - 1, 0)] == 58
     cand = np.flatnonzero(has_colon)
-    first_word = raw.slices(m0[cand], sp[cand] - 1)
     is_qid = np.zeros(len(pf), dtype=bool)
     is_noq = np.zeros(len(pf), dtype=bool)
-    is_qid[cand] = _mask(pc.match_substring_regex(first_word, _QUEUE_ID))
-    is_noq[cand] = _mask(pc.equal(first_word, "NOQUEUE"))
-    cand_pos = np.zeros(len(pf), dtype=np.int64)  # row of first_word for each Postfix line
-    cand_pos[cand] = np.arange(len(cand))
+    is_qid[cand], is_noq[cand] = _queue_id_words(raw, m0[cand], sp[cand] - 1)
 
     # ---- lines without a queue id: daemon noise, counted by kind ---------------------------
     other = ~is_qid & ~is_noq
@@ -354,7 +671,6 @@ def parse_block(
                 found |= head_starts(heads, prefix)
             return found
 
-        d = _sub(daemon, o)
         conn = starts(
             "connect ", "disconnect from", "lost connection", "timeout after", "too many errors",
             "improper command pipelining", "SSL_accept error", "SSL_connect error",
@@ -368,12 +684,8 @@ def parse_block(
             text = raw.slices(om0[left], oe[left])
             tls[left] = _mask(pc.match_substring(text, "TLS connection established"))
         warn = starts("warning:", "fatal:", "panic:", "error:") & ~conn & ~tls
-        stats = (starts("statistics:") | _mask(pc.is_in(d, pa.array(["anvil", "scache"])))) & ~(
-            conn | tls | warn
-        )
-        screen = _mask(pc.is_in(d, pa.array(["postscreen", "dnsblog", "tlsproxy"]))) & ~(
-            conn | tls | warn | stats
-        )
+        stats = (starts("statistics:") | daemon_is("anvil", "scache")[o]) & ~(conn | tls | warn)
+        screen = daemon_is("postscreen", "dnsblog", "tlsproxy")[o] & ~(conn | tls | warn | stats)
         rest_o = ~(conn | tls | warn | stats | screen)
         for mask, why in (
             (conn, SKIP_CONNECTION),
@@ -391,7 +703,6 @@ def parse_block(
     # out once, for the rows of its kind only (see subset below).
     qs, qe = sp[q] + 1, e[q]
     qheads = raw.heads(qs, qe)
-    qd = _sub(daemon, q)
 
     def on_text(mask: np.ndarray, test) -> np.ndarray:
         # test(text of the queue-id rows in mask) -> mask over all of them (false elsewhere).
@@ -412,14 +723,16 @@ def parse_block(
     # Substring searches and regexes run only on the rows they can match.
     kind[on_text(starts("uid="), lambda r: _mask(pc.match_substring(r, " from=<")))] = PICKUP
     kind[starts("message-id=")] = MSGID
-    kind[starts("from=<") & _mask(pc.equal(qd, "qmgr"))] = QMGR_FROM
+    kind[starts("from=<") & daemon_is("qmgr")[q]] = QMGR_FROM
     kind[starts("to=")] = DELIVERY
     kind[starts("removed") & (qe - qs == len("removed"))] = REMOVED
-    bounce = _mask(pc.equal(qd, "bounce"))
+    bounce = daemon_is("bounce")[q]
     kind[on_text(bounce, lambda r: _mask(pc.match_substring(r, " notification: ")))] = BOUNCE
-    header = on_text(
-        kind == 0, lambda r: _mask(pc.match_substring_regex(r, r"^[a-z_-]+: header [A-Za-z0-9-]+: "))
-    )
+    # header_checks lines: 'info: header NAME: ' on the bytes, the regex on the rest only.
+    info = (kind == 0) & starts("info: header ")
+    header = np.zeros(len(q), dtype=bool)
+    header[info] = _header_name_ends(raw, qs[info] + 13, qe[info])
+    header |= on_text((kind == 0) & ~info, lambda r: _mask(pc.match_substring_regex(r, _HEADER_LINE)))
     kind[header] = HEADER
     kind[(kind == 0) & starts("reject: ", "milter-reject: ", "discard: ", "proxy-reject: ")] = REJECT
 
@@ -460,19 +773,21 @@ def parse_block(
     unused = np.zeros(ne, dtype=bool)
     broken: list[tuple[np.ndarray, str]] = []
 
-    m, s = subset(CLIENT)
+    m = ev_kind == CLIENT
     if m.any():
-        fill("client_ip", m, extract(s, r"^client=[^\[,]*\[(?P<ip>[^\]]*)\]"))
+        rows = np.flatnonzero(m)
+        fill("client_ip", m, _read_client(raw, ev_start[rows], ev_end[rows]))
     m, s = subset(PICKUP)
     if m.any():
         fill("p1_other", m, extract(s, r" from=<(?P<f>[^>]*)>"))
-    m, s = subset(MSGID)
+    m = ev_kind == MSGID
     if m.any():
-        mid = pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(s, 11))
-        fill("message_id", m, mid)
-    m, s = subset(HEADER)
+        rows = np.flatnonzero(m)
+        fill("message_id", m, _read_message_id(raw, ev_start[rows], ev_end[rows]))
+    m = ev_kind == HEADER
     if m.any():
-        h = _header_fields(s)
+        rows = np.flatnonzero(m)
+        h = _read_header(raw, ev_start[rows], ev_end[rows])
         valid = h["valid"]
         name = pc.utf8_lower(h["name"])
         value = h["value"]
@@ -490,26 +805,25 @@ def parse_block(
         sub_unused = np.zeros(ne, dtype=bool)
         sub_unused[np.flatnonzero(m)[~used]] = True
         unused |= sub_unused
-    m, s = subset(QMGR_FROM)
+    m = ev_kind == QMGR_FROM
     if m.any():
-        g = pc.extract_regex(
-            s, r"^from=<(?P<f>[^>]*)>, (?:size=(?P<size>\d+)|status=(?P<st>[a-z]+))"
-        )
-        valid = _mask(pc.is_valid(g))
-        fill("p1_qmgr", m, pc.if_else(pa.array(valid), g.field("f"), _NULL))
-        size = pc.if_else(pa.array(valid), g.field("size"), _NULL)
-        fill("size", m, pc.if_else(pc.equal(size, ""), _NULL, size).cast(pa.int64()))
-        expired = valid & _mask(pc.equal(g.field("st"), "expired"))
+        rows = np.flatnonzero(m)
+        g = _read_qmgr(raw, ev_start[rows], ev_end[rows])
+        valid = g["valid"]
+        fill("p1_qmgr", m, g["from"])
+        fill("size", m, g["size"])
+        expired = g["expired"]
         ev_kind[np.flatnonzero(m)[expired]] = EXPIRED
         fill("status", m, pc.if_else(pa.array(expired), pa.scalar("expired"), _NULL))
         broken.append((np.flatnonzero(m)[~valid], REJECT_QMGR))
-    m, s = subset(DELIVERY)
+    m = ev_kind == DELIVERY
     if m.any():
-        d = _delivery_fields(s)
+        rows = np.flatnonzero(m)
+        d = _read_delivery(raw, ev_start[rows], ev_end[rows])
         valid = d["valid"]
         vm = pa.array(valid)
         fill("rcpt_delivered", m, pc.if_else(vm, d["to"], _NULL))
-        relay = _host_of_relay(d["relay"])
+        relay = d["relay"]
         # relay=none (no connection made): the host it tried is named in the reply, e.g.
         # 'connect to contoso-com.mail.protection.outlook.com[198.51.100.201]:25: Connection
         # timed out'. That host is the next hop the message was meant for.
@@ -554,7 +868,7 @@ def parse_block(
     keep = ~drop
     pos = pf[ev_pos]  # line index within the block
     qid_col = pa.concat_arrays(
-        [first_word.take(pa.array(cand_pos[q])), pa.nulls(int(n_keep.sum()), _STR)]
+        [raw.slices(m0[q], sp[q] - 1), pa.nulls(int(n_keep.sum()), _STR)]
     )
     if qid_override is not None:
         bq, ndr_qid = qid_override
@@ -566,12 +880,12 @@ def parse_block(
     cols = {name: _place(ne, filled.get(name, []), typ) for name, typ in _EVENT_COLUMNS.items()}
     pos_take = pa.array(pos)
     cols.update(
-        seq=pa.array(seq0 + pos, pa.int64()),
+        seq=pa.array(seq0 + raw.starts[pos], pa.int64()),  # where the line starts in the input
         file_idx=pa.array(np.full(ne, file_idx, dtype=np.int32)),
         line=pa.array(line_no[pos]),
         ts=p.ts.take(pos_take),
         host=p.host(pos),
-        inst=inst.take(pa.array(ev_pos)),
+        inst=inst_of_tag.take(pa.array(pf_tag[ev_pos])),
         qid=qid_col,
         kind=pa.array(ev_kind, pa.int8()),
     )
@@ -588,7 +902,7 @@ def parse_block(
     if rejects_idx:
         idx = np.concatenate(rejects_idx)
         reasons = pa.concat_arrays([r.cast(_STR) for r in rejects_reason])
-        rejects = (line_no[idx].tolist(), reasons, raw.lines(idx))
+        rejects = (line_no[idx], reasons, raw.lines(idx))
     return Block(file_idx, n, events, noqueue, skipped, rejects)
 
 
@@ -613,7 +927,10 @@ class Correlator:
 
     def feed(self, events: pa.Table, final: bool = False) -> Closed | None:
         """Add a block's events; return the events of the messages that are now closed (turned
-        into one row each by Closed.messages, which can run on a worker thread)."""
+        into one row each by Closed.messages, which can run on a worker thread).
+
+        This runs in order on the main thread, so it works on integer columns only: the rows
+        are never reordered or copied here (Closed keeps row indices into the events)."""
         if len(events):
             mx = pc.max(events.column("ts")).value
             if mx is not None:
@@ -621,16 +938,10 @@ class Correlator:
         ev = pa.concat_tables([self.pending, events]) if len(self.pending) else events
         if not len(ev):
             return None
-        key = pc.binary_join_element_wise(
-            pc.fill_null(ev.column("host"), ""), pc.fill_null(ev.column("inst"), ""),
-            pc.fill_null(ev.column("qid"), ""), "\x1f",
-        )
-        gid = pc.dictionary_encode(key).combine_chunks().indices.to_numpy()
-        seq = ev.column("seq").to_numpy()
-        order = np.lexsort((seq, gid))
-        ev = ev.take(pa.array(order))
+        gid = _group_keys(ev)
+        order = np.lexsort((ev.column("seq").to_numpy(), gid))
         gid = gid[order]
-        kind = ev.column("kind").to_numpy()
+        kind = ev.column("kind").to_numpy()[order]
         n = len(ev)
         same = np.zeros(n, dtype=bool)
         same[1:] = gid[1:] == gid[:-1]
@@ -648,61 +959,90 @@ class Correlator:
         msg_gid = gid[starts]
         followed = np.zeros(n_msg, dtype=bool)
         followed[:-1] = msg_gid[1:] == msg_gid[:-1]
-        ts = ev.column("ts").cast(pa.int64()).fill_null(0).to_numpy()
+        ts = ev.column("ts").cast(pa.int64()).fill_null(0).to_numpy()[order]
         last_ts = np.maximum.reduceat(ts, starts)
         stale = (
             last_ts < (self.max_ts - OPEN_HORIZON_US) if self.max_ts is not None else np.zeros(n_msg, bool)
         )
         closed = has_removed | followed | stale | final
         closed_ev = closed[msg]
-        self.pending = ev.filter(pa.array(~closed_ev))
+        still_open = np.ones(n, dtype=bool)
+        still_open[order[closed_ev]] = False
+        # Few rows (messages in flight): one compact chunk, so chunks do not pile up.
+        self.pending = ev.filter(pa.array(still_open)).combine_chunks()
         if not closed.any():
             return None
-        done = ev.filter(pa.array(closed_ev))
         complete = (has_removed & has_qmgr)[closed]
-        return Closed(done, msg[closed_ev], complete, self.targets)
+        return Closed(ev, order[closed_ev], msg[closed_ev], complete, self.targets)
+
+
+def _group_keys(ev: pa.Table) -> np.ndarray:
+    """One integer per event for its (host, syslog_name, queue id): the message key, as codes
+    of the three columns combined with numpy (cheaper than hashing joined strings)."""
+    key = np.zeros(len(ev), dtype=np.int64)
+    for name in ("qid", "host", "inst"):
+        col = pc.fill_null(ev.column(name).combine_chunks(), "")
+        enc = pc.dictionary_encode(col)
+        key = key * len(enc.dictionary) + enc.indices.to_numpy().astype(np.int64)
+    return key
 
 
 @dataclass
 class Closed:
-    """The events of messages that ended (sorted by message, then time)."""
+    """Messages that ended: rows `rows` of `events`, sorted by message, then time; `msg`
+    numbers their message (ascending), `complete` says per message whether it was seen to end."""
 
     events: pa.Table
+    rows: np.ndarray
     msg: np.ndarray
     complete: np.ndarray
     targets: str
 
+    @property
+    def files(self) -> np.ndarray:
+        """File index of each of the events (for ctx.parsed)."""
+        return self.events.column("file_idx").to_numpy()[self.rows]
+
     def messages(self) -> pa.Table:
-        return _messages(self.events, self.msg, self.complete, self.targets)
+        return _messages(self.events, self.rows, self.msg, self.complete, self.targets)
 
 
-def _messages(ev: pa.Table, msg: np.ndarray, complete: np.ndarray, targets: str) -> pa.Table:
-    """Closed events (sorted by message, then time) -> one row per message."""
-    # Renumber to 0..M-1 in event order.
+def _messages(ev: pa.Table, rows: np.ndarray, msg: np.ndarray, complete: np.ndarray, targets: str) -> pa.Table:
+    """Closed events (rows of ev, sorted by message, then time) -> one row per message, in the
+    order of each message's first line. Per-message picks are row indices found with numpy;
+    each column is gathered once, n_msg values (the events are never sorted as a table)."""
+    # Renumber to 0..M-1 in the order of each message's first event (seq), keeping the rows
+    # of a message together and in time order (a stable sort of contiguous runs).
     boundary = np.ones(len(msg), dtype=bool)
     boundary[1:] = msg[1:] != msg[:-1]
-    m = np.cumsum(boundary) - 1
-    n_msg = int(m[-1]) + 1 if len(m) else 0
-    # The first non-null value of each field per message (what hash 'first' would give),
-    # with numpy on the sorted rows instead of a hash group-by.
+    starts = np.flatnonzero(boundary)
+    n_msg = len(starts)
+    first_seq = ev.column("seq").to_numpy()[rows[starts]]
+    rank = np.empty(n_msg, dtype=np.int64)
+    by_seq = np.argsort(first_seq, kind="stable")
+    rank[by_seq] = np.arange(n_msg)
+    m = rank[np.cumsum(boundary) - 1]
+    regroup = np.argsort(m, kind="stable")
+    rows, m = rows[regroup], m[regroup]
+    complete = complete[by_seq]
     agg = {
-        c: _first_valid(ev.column(c), m, n_msg)
+        c: _first_valid(ev.column(c), rows, m, n_msg)
         for c in (
             "seq", "file_idx", "line", "ts", "host", "qid", "client_ip", "message_id",
             "p1_qmgr", "p1_other", "p2_from", "p2_sender", "subject", "size",
         )
     }
-    kinds = ev.column("kind").to_numpy()
+    kinds = ev.column("kind").to_numpy()[rows]
     is_ndr = np.zeros(n_msg, dtype=bool)
     is_ndr[m[kinds == BOUNCE]] = True
     expired = np.zeros(n_msg, dtype=bool)
     expired[m[kinds == EXPIRED]] = True
-    relay, status, response = _primary_delivery(ev, m, n_msg, targets)
+    relay, status, response = _primary_delivery(ev, rows, m, kinds, n_msg, targets)
     status = pc.if_else(pa.array(expired), pa.scalar("expired"), status)
     p1 = pc.coalesce(agg["p1_qmgr"], agg["p1_other"])
     p2 = pc.coalesce(agg["p2_from"], agg["p2_sender"])
-    rd = _distinct_lists(ev.column("rcpt_delivered"), m, n_msg)
-    ro = _distinct_lists(ev.column("rcpt_other"), m, n_msg)
+    rd = _distinct_lists(ev.column("rcpt_delivered"), rows, m, n_msg)
+    ro = _distinct_lists(ev.column("rcpt_other"), rows, m, n_msg)
     rcpts = pc.if_else(pc.greater(pc.list_value_length(rd), 0), rd, ro)
     null_sender = pc.fill_null(pc.equal(p1, ""), False)
     ndr = pc.if_else(
@@ -731,32 +1071,37 @@ def _messages(ev: pa.Table, msg: np.ndarray, complete: np.ndarray, targets: str)
         }
     )
 
-def _primary_delivery(ev: pa.Table, m: np.ndarray, n_msg: int, targets: str):
+
+def _last_per_message(at: np.ndarray, m: np.ndarray, n_msg: int) -> np.ndarray:
+    """For positions `at` (ascending) whose messages are m[at]: the last one per message, -1
+    for a message with none."""
+    where = np.full(n_msg, -1, dtype=np.int64)
+    gm = m[at]
+    last = np.ones(len(at), dtype=bool)
+    last[:-1] = gm[1:] != gm[:-1]
+    where[gm[last]] = at[last]
+    return where
+
+
+def _primary_delivery(ev: pa.Table, rows: np.ndarray, m: np.ndarray, kinds: np.ndarray, n_msg: int, targets: str):
     """relay_host/status/response of the delivery that represents the message: the last
     one to a relay target (Exchange Online) if any, else the last delivery or reject."""
-    kinds = ev.column("kind").to_numpy()
-    is_del = np.isin(kinds, (DELIVERY, REJECT))
-    out = [pa.nulls(n_msg, _STR) for _ in range(3)]
-    if not is_del.any():
-        return out
-    d = ev.filter(pa.array(is_del))
-    dm = m[is_del]
-    target = _mask(pc.match_substring_regex(d.column("relay_host"), targets)).astype(np.int8)
-    seq = d.column("seq").to_numpy()
-    order = np.lexsort((seq, target, dm))
-    dm = dm[order]
-    last = np.ones(len(dm), dtype=bool)
-    last[:-1] = dm[1:] != dm[:-1]
-    pick = order[last]
-    where = np.full(n_msg, -1, dtype=np.int64)
-    where[dm[last]] = pick
-    have = pa.array(where >= 0)
-    safe = pa.array(np.where(where >= 0, where, 0))
-    res = []
-    for c in ("relay_host", "status", "response"):
-        col = d.column(c).combine_chunks().take(safe)
-        res.append(pc.if_else(have, col, _NULL))
-    return res
+    at = np.flatnonzero(np.isin(kinds, (DELIVERY, REJECT)))
+    if not len(at):
+        return [pa.nulls(n_msg, _STR) for _ in range(3)]
+    relay_col = ev.column("relay_host")
+    # Next hops repeat: the target pattern runs once per distinct relay host.
+    enc = pc.dictionary_encode(relay_col.take(pa.array(rows[at]))).combine_chunks()
+    hit = _mask(pc.match_substring_regex(enc.dictionary, targets))
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+    target = np.zeros(len(at), dtype=bool)
+    target[codes >= 0] = hit[codes[codes >= 0]]
+    pick = _last_per_message(at[target], m, n_msg)
+    last_any = _last_per_message(at, m, n_msg)
+    pick = np.where(pick >= 0, pick, last_any)
+    missing = pick < 0
+    idx = pa.array(rows[np.where(missing, 0, pick)], mask=missing)
+    return [ev.column(c).take(idx).combine_chunks() for c in ("relay_host", "status", "response")]
 
 
 def _drop_list_nulls(lists: pa.ListArray) -> pa.ListArray:
@@ -769,34 +1114,36 @@ def _drop_list_nulls(lists: pa.ListArray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
 
 
-def _first_valid(col: pa.ChunkedArray | pa.Array, m: np.ndarray, n_msg: int) -> pa.Array:
-    """The first non-null value of col in each message (rows sorted by message m), null for a
-    message that has none."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    idx = np.flatnonzero(_mask(pc.is_valid(col)))
+def _first_valid(col: pa.ChunkedArray, rows: np.ndarray, m: np.ndarray, n_msg: int) -> pa.Array:
+    """The first non-null value of col per message, over the rows `rows` of col (sorted by
+    message m, then time); null for a message that has none."""
+    if col.null_count == 0:  # seq, line, ts, host...: the message's first row
+        at = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])
+        return col.take(pa.array(rows[at])).combine_chunks()
+    valid = _mask(pc.is_valid(col))[rows]
+    idx = np.flatnonzero(valid)
     gm = m[idx]
     first = np.ones(len(idx), dtype=bool)
     first[1:] = gm[1:] != gm[:-1]
     where = np.full(n_msg, -1, dtype=np.int64)
-    where[gm[first]] = idx[first]
+    where[gm[first]] = rows[idx[first]]
     missing = where < 0
-    return col.take(pa.array(where, mask=missing) if missing.any() else pa.array(where))
+    return col.take(pa.array(where, mask=missing) if missing.any() else pa.array(where)).combine_chunks()
 
 
-def _distinct_lists(col: pa.ChunkedArray | pa.Array, m: np.ndarray, n_msg: int) -> pa.ListArray:
-    """The distinct non-empty values of col per message (rows sorted by message m), in order of
-    first appearance, as one list per message."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    idx = np.flatnonzero(_mask(pc.greater(pc.binary_length(col), 0)))
-    codes = pc.dictionary_encode(col.take(pa.array(idx))).indices.to_numpy().astype(np.int64)
+def _distinct_lists(col: pa.ChunkedArray, rows: np.ndarray, m: np.ndarray, n_msg: int) -> pa.ListArray:
+    """The distinct non-empty values of col per message (over the rows `rows` of col, sorted by
+    message m), in order of first appearance, as one list per message."""
+    nonempty = _mask(pc.greater(pc.binary_length(col), 0))[rows]
+    idx = np.flatnonzero(nonempty)
+    values = col.take(pa.array(rows[idx])).combine_chunks()
+    codes = pc.dictionary_encode(values).indices.to_numpy().astype(np.int64)
     key = m[idx] * (int(codes.max()) + 1 if len(codes) else 1) + codes
     _, first = np.unique(key, return_index=True)
-    keep = idx[np.sort(first)]
-    counts = np.bincount(m[keep], minlength=n_msg)
+    keep = np.sort(first)
+    counts = np.bincount(m[idx[keep]], minlength=n_msg)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), col.take(pa.array(keep)))
+    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(keep)))
 
 
 def _noqueue_messages(noq: pa.Table) -> pa.Table:
@@ -880,19 +1227,20 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
     corr = Correlator(tuple(opts.relay_targets))
 
     def tasks(pool: ThreadPoolExecutor) -> Iterator[Future]:
-        seq0 = 0
+        seq0 = 0  # bytes before the block in all the input: orders lines across blocks and files
         for fi, src in enumerate(ordered):
             clock = file_clock(src)
             ctx.lines_read(src.name, NAME, 0)  # the file is listed even when empty
-            for first_line, block, count in iter_raw_blocks(src, block_bytes):
-                yield pool.submit(parse_block, block, first_line, fi, seq0, clock, opts.year, opts.tz)
-                seq0 += count
+            for block in iter_padded_blocks(src, block_bytes):
+                yield pool.submit(parse_block, block, fi, seq0, clock, opts.year, opts.tz)
+                seq0 += len(block)
 
     def finish(msgs: Closed | pa.Table) -> pa.RecordBatch | None:
         # Message rows and the messages batch: on the pool too, they need no state.
+        # Both come in line order already (Closed.messages orders them by first line).
         if isinstance(msgs, Closed):
             msgs = msgs.messages()
-        return _to_batch(msgs.sort_by("seq"), ordered, ctx) if len(msgs) else None
+        return _to_batch(msgs, ordered, ctx) if len(msgs) else None
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="postfix-parse") as pool:
         in_flight: deque[Future] = deque()
@@ -908,6 +1256,7 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
                     yield batch
 
         gen = tasks(pool)
+        lines_before: dict[int, int] = {}  # lines of each file in the blocks handled so far
         exhausted = False
         while True:
             while not exhausted and len(in_flight) < 3:
@@ -919,35 +1268,23 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
                 break
             block: Block = in_flight.popleft().result()
             src = ordered[block.file_idx]
+            block.number_lines(lines_before.get(block.file_idx, 0) + 1)
+            lines_before[block.file_idx] = lines_before.get(block.file_idx, 0) + block.lines
             ctx.lines_read(src.name, NAME, block.lines)
             for why, c in block.skipped.items():
                 ctx.skipped(src.name, NAME, why, c)
             if block.rejects is not None:
                 lines, reasons, raws = block.rejects
-                ctx.reject_lines(NAME, src.name, lines, reasons, raws)
+                ctx.reject_lines(NAME, src.name, lines.tolist(), reasons, raws)
             if len(block.noqueue):
                 files = block.noqueue.column("file_idx").to_numpy()
                 out.append((pool.submit(finish, _noqueue_messages(block.noqueue)), files))
-            before = corr.pending
             closed = corr.feed(block.events)
             if closed is not None:
-                files = _closed_files(before, block.events, corr.pending)
-                out.append((pool.submit(finish, closed), files))
+                out.append((pool.submit(finish, closed), closed.files))
             yield from drain(2)
-        before = corr.pending
         closed = corr.feed(EVENT_SCHEMA.empty_table(), final=True)
         if closed is not None:
-            out.append((pool.submit(finish, closed), before.column("file_idx").to_numpy()))
+            out.append((pool.submit(finish, closed), closed.files))
         yield from drain(0)
 
-
-def _closed_files(before: pa.Table, new: pa.Table, after: pa.Table) -> np.ndarray:
-    """File index of every event that left the correlator in this round (for ctx.parsed)."""
-    all_files = np.concatenate(
-        [before.column("file_idx").to_numpy(), new.column("file_idx").to_numpy()]
-    )
-    counts = np.bincount(all_files, minlength=1) if len(all_files) else np.zeros(1, np.int64)
-    left = after.column("file_idx").to_numpy()
-    still = np.bincount(left, minlength=len(counts)) if len(left) else np.zeros_like(counts)
-    closed = counts - still[: len(counts)]
-    return np.repeat(np.arange(len(closed)), closed)

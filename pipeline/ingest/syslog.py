@@ -25,7 +25,8 @@ spaces; regexes run only on the rare RFC 5424 / `<PRI>` lines. The fast path for
 (`raw_lines` + `parse_prefix_raw`, used by the Postfix reader) does not copy the text at all for
 plain RFC 3164 lines: it reads the time from the first 16 bytes of each line with numpy and
 finds host, tag and message as byte offsets (the next space in a 32-byte window after each
-field start); other lines go through `parse_prefix`, so both give the same answers.
+field start); the time is read once per run of lines with the same first 16 bytes. Other lines
+go through `parse_prefix`, so both give the same answers.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def local_to_utc(naive: pa.Array, tz: tzinfo | None) -> pa.Array:
     if name is None:
         return naive.cast(TS)
     try:
-        return pc.assume_timezone(naive, timezone=name, ambiguous="earliest", nonexistent="latest")
+        # As timestamp[us, UTC] (the same instants): callers mix these with UTC timestamps.
+        local = pc.assume_timezone(naive, timezone=name, ambiguous="earliest", nonexistent="latest")
+        return local.cast(TS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # A tzinfo Arrow does not know by name: let pandas apply it.
         import pandas as pd
@@ -387,9 +390,14 @@ def order_by_time(sources: list[Source], *, year=None, tz=None) -> list[Source]:
 # block rewrites all of its bytes. The fast path keeps the block as ONE buffer and describes
 # each field as (start, end) byte offsets computed with numpy (fixed offsets for the RFC 3164
 # time, the next space in a short window for host and tag: RawLines.next_byte). Only
-# the fields a caller asks for are turned into Arrow strings, through a `string_view` array
-# over the same buffer (no per-row Python, one memcpy in the cast). Lines that are not plain
-# RFC 3164 go through `parse_prefix` above, so both paths give the same answers.
+# the fields a caller asks for are turned into Arrow strings (RawLines.slices: one filter over
+# the buffer for fields in line order, else a `string_view` array cast to strings). Lines that
+# are not plain RFC 3164 go through `parse_prefix` above, so both paths give the same answers.
+#
+# What costs here is memory traffic and the number of calls, not arithmetic: every pass that
+# touches each line of a 16 MB block misses the caches once per line, and every numpy / Arrow
+# call has a fixed cost. So the passes over all lines are few (the line ends, the time per run,
+# host and tag), and a field search looks in a 32-byte window first.
 
 _PAD = 32  # zero bytes after the block: the 12/16/32-byte windows at any line start stay inside
 _HEAD = 32  # bytes RawLines.heads keeps of each text
@@ -399,6 +407,7 @@ _HEAD_MASK = (
     .view(np.uint64)
 )
 _WINDOW = 32  # bytes RawLines.next_byte looks at before it falls back to a full search
+_WINDOW_STEPS = 8  # windows RawLines.next_byte slides along a record when it knows its end
 _MONTH_KEYS = np.array([(ord(m[0]) << 16) | (ord(m[1]) << 8) | ord(m[2]) for m in _MONTHS.to_pylist()])
 _MONTH_ORDER = np.argsort(_MONTH_KEYS)
 _MONTH_SORTED = _MONTH_KEYS[_MONTH_ORDER]
@@ -407,6 +416,20 @@ _INLINE_MASK = (np.arange(12)[None, :] < np.arange(13)[:, None]).astype(np.uint8
 _INLINE_MASK = _INLINE_MASK.view(np.uint32)
 _CUM_DAYS = np.array([0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334], dtype=np.int64)
 _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def first_true(matrix: np.ndarray, last: bool = False) -> np.ndarray:
+    """Column of the first (or last) true value in each row of a bool matrix, its width for a
+    row with none. argmax stops at the first true value; whether there was one is read with
+    one flat gather (cheaper than indexing by row and column, or than any())."""
+    n, width = matrix.shape
+    if last:
+        matrix = np.ascontiguousarray(matrix[:, ::-1])
+    first = matrix.argmax(axis=1)
+    found = matrix.reshape(-1)[np.arange(n) * width + first]
+    if last:
+        first = width - 1 - first
+    return np.where(found, first, width)
 
 
 @dataclass
@@ -440,31 +463,45 @@ class RawLines:
         size = np.clip(end - pos, 0, _HEAD)
         records = np.ndarray((len(self.buf) - _HEAD + 1,), dtype=f"V{_HEAD}", buffer=self.buf, strides=(1,))
         words = records[np.clip(pos, 0, len(self.buf) - _HEAD)].view(np.uint64).reshape(len(pos), _HEAD // 8)
-        words &= _HEAD_MASK[size]
+        words &= np.take(_HEAD_MASK, size, axis=0)  # (np.take: much cheaper than [size] here)
         return words
 
-    def next_byte(self, pos: np.ndarray, byte: int) -> np.ndarray:
+    def next_byte(self, pos: np.ndarray, byte: int, end: np.ndarray | None = None) -> np.ndarray:
         """For each pos, where the first `byte` at or after it is in the block; len(buf) - 1 (a
         padding zero, past every line) when there is none. The syslog fields are short, so it
         looks in a _WINDOW-byte window first and only the rest in the byte's sorted positions
-        (finding every space of a block costs more than the windows)."""
+        (finding every byte of a block costs more than the windows).
+
+        With `end` (where each record ends), a byte at or past end counts as none; that lets
+        the window slide on along the record (up to _WINDOW_STEPS windows) before the fallback,
+        so fields of 32-250 bytes (a relay host, a sender) stay cheap too."""
         last = len(self.buf) - 1
         pos = np.minimum(pos.astype(np.int64, copy=False), last)
         out = np.full(len(pos), last, dtype=np.int64)
-        idx = np.flatnonzero(pos < len(self.buf) - _WINDOW)
         windows = np.ndarray((len(self.buf) - _WINDOW + 1,), dtype=f"V{_WINDOW}", buffer=self.buf, strides=(1,))
-        hits = windows[pos[idx]].view(np.uint8).reshape(len(idx), _WINDOW) == byte
-        first = hits.argmax(axis=1)
-        found = hits[np.arange(len(idx)), first]
-        out[idx[found]] = pos[idx[found]] + first[found]
-        missed = np.ones(len(pos), dtype=bool)
-        missed[idx[found]] = False
-        rest = np.flatnonzero(missed)
+        rows, at = np.arange(len(pos)), pos  # the rows still searching, and where they look
+        fallback = []
+        for _ in range(1 if end is None else _WINDOW_STEPS):
+            fits = at < len(self.buf) - _WINDOW
+            fallback.append(rows[~fits])
+            rows, at = rows[fits], at[fits]
+            first = first_true(windows[at].view(np.uint8).reshape(len(rows), _WINDOW) == byte)
+            found = first < _WINDOW
+            out[rows[found]] = at[found] + first[found]
+            rows, at = rows[~found], at[~found] + _WINDOW
+            if end is not None:  # only rows whose record goes on past this window
+                on = at < end[rows]
+                rows, at = rows[on], at[on]
+            if not len(rows):
+                break
+        rest = np.concatenate([*fallback, rows])
         if len(rest):
             at = self.positions(byte)
             k = np.searchsorted(at, pos[rest])
             inside = k < len(at)
             out[rest[inside]] = at[k[inside]]
+        if end is not None:
+            out[out >= end] = last
         return out
 
     def __len__(self) -> int:
@@ -472,13 +509,33 @@ class RawLines:
 
     def slices(self, start: np.ndarray, end: np.ndarray) -> pa.StringArray:
         """data[start[i]:end[i]] for each i, as a string array (empty where end <= start)."""
-        return _views(self.data, self.buf, start, np.maximum(end, start))
+        end = np.maximum(end, start)
+        if len(start) and start[0] >= 0 and (start[1:] >= end[:-1]).all():
+            return _in_order(self.data, start, end)
+        return _views(self.data, self.buf, start, end)
 
     def lines(self, idx: np.ndarray | None = None) -> pa.StringArray:
         """The text of the lines at positions idx (all lines when None)."""
         if idx is None:
             return self.slices(self.starts, self.ends)
         return self.slices(self.starts[idx], self.ends[idx])
+
+
+def _in_order(data: pa.Buffer, start: np.ndarray, end: np.ndarray) -> pa.StringArray:
+    """Byte ranges that follow one another in the buffer (start[i] >= end[i-1], as the fields
+    of lines in line order do) -> string array: the ranges and the gaps between them are
+    consecutive values of one string array over the buffer (offsets only, no copy), and one
+    filter keeps every second value (a copy of the ranges' bytes only). Cheaper than _views,
+    which has to build each 16-byte view with numpy first."""
+    n = len(start)
+    offsets = np.empty(2 * n + 1, dtype=np.int32)
+    offsets[0] = 0
+    offsets[1::2] = start
+    offsets[2::2] = end
+    both = pa.StringArray.from_buffers(2 * n, pa.py_buffer(offsets), data)
+    odd = np.full((2 * n + 7) // 8, 0xAA, dtype=np.uint8)  # bits 1, 3, 5, ...: the ranges
+    keep = pa.BooleanArray.from_buffers(pa.bool_(), 2 * n, [None, pa.py_buffer(odd)])
+    return both.filter(keep)
 
 
 def _views(data: pa.Buffer, buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.StringArray:
@@ -495,7 +552,7 @@ def _views(data: pa.Buffer, buf: np.ndarray, start: np.ndarray, end: np.ndarray)
     # short value's length are zeroed with a mask looked up by length (two integer ANDs).
     records = np.ndarray((len(buf) - 11,), dtype="V12", buffer=buf, strides=(1,))
     words = records[start].view(np.uint32).reshape(n, 3)
-    words &= _INLINE_MASK[np.minimum(length, 12)]
+    words &= np.take(_INLINE_MASK, np.minimum(length, 12), axis=0)
     long = length > 12
     views = np.empty((n, 4), dtype=np.int32)
     views[:, 0] = length
@@ -521,28 +578,91 @@ def head_starts(heads: np.ndarray, prefix: str) -> np.ndarray:
     return found
 
 
-def raw_lines(block: bytes) -> RawLines:
-    """Bytes holding whole lines (each ending with '\\n') -> RawLines."""
-    text = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, len(block)], np.int32)), pa.py_buffer(block)])
+def raw_lines(block: bytes | np.ndarray) -> RawLines:
+    """Whole lines (each ending with '\\n') -> RawLines: bytes, or a padded buffer from
+    iter_padded_blocks (the text, then _PAD zero bytes), which is used as it is (no copy)."""
+    if isinstance(block, np.ndarray):
+        padded, size = block, len(block) - _PAD
+    else:
+        padded, size = None, len(block)
+    data = pa.py_buffer(block)
+    text = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, size], np.int32)), data])
     try:
         text.validate(full=True)
     except pa.ArrowInvalid:
-        block = block.decode("utf-8", errors="replace").encode("utf-8")
-    padded = np.zeros(len(block) + _PAD, dtype=np.uint8)
-    padded[: len(block)] = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(padded[: len(block)] == 10)
+        block = bytes(memoryview(block)[:size]).decode("utf-8", errors="replace").encode("utf-8")
+        padded, size = None, len(block)
+    if padded is None:
+        padded = np.zeros(size + _PAD, dtype=np.uint8)
+        padded[:size] = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(padded[:size] == 10)
     starts = np.empty(len(ends), dtype=np.int64)
     if len(ends):
         starts[0] = 0
         starts[1:] = ends[:-1] + 1
     ends = ends.astype(np.int64)
-    if b"\r" in block:  # CRLF files: the '\r' is not part of the line (lines_from_block trims it)
-        while True:
-            cr = (ends > starts) & (padded[np.maximum(ends - 1, 0)] == 13)
-            if not cr.any():
-                break
-            ends = ends - cr
+    # CRLF files: the '\r' is not part of the line (lines_from_block trims it).
+    while True:
+        cr = (ends > starts) & (padded[np.maximum(ends - 1, 0)] == 13)
+        if not cr.any():
+            break
+        ends = ends - cr
     return RawLines(pa.py_buffer(padded), padded, starts, ends)
+
+
+def iter_padded_blocks(source: Source, block_bytes: int) -> Iterator[np.ndarray]:
+    """The file in blocks of whole lines, each read straight into a buffer that raw_lines takes
+    as it is: the text (cut at its last line end, the partial line carried into the next
+    block), then _PAD zero bytes. No copy of the text on the reading thread (only the carried
+    partial line), and no counting of lines there: raw_lines finds them on a worker."""
+    carry = np.zeros(0, dtype=np.uint8)
+    with source.open() as fh:
+        while True:
+            buf = np.empty(len(carry) + block_bytes + _PAD, dtype=np.uint8)
+            buf[: len(carry)] = carry
+            size = len(carry) + _read_into(source, fh, memoryview(buf)[len(carry) : len(carry) + block_bytes])
+            if size == len(carry):
+                break
+            cut = _last_line_end(buf, size)
+            if cut < 0:  # no line end yet: keep reading
+                carry = buf[:size].copy()
+                continue
+            carry = buf[cut + 1 : size].copy()
+            buf[cut + 1 : cut + 1 + _PAD] = 0
+            yield buf[: cut + 1 + _PAD]
+    if len(carry):  # last line without a line end
+        buf = np.zeros(len(carry) + 1 + _PAD, dtype=np.uint8)
+        buf[: len(carry)] = carry
+        buf[len(carry)] = 10
+        yield buf
+
+
+def _read_into(source: Source, fh, view: memoryview) -> int:
+    """Fill view from fh (a .gz or .zip stream may return less per call); bytes read."""
+    got = 0
+    try:
+        while got < len(view):
+            n = fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise InputFormatError(f"{source.name}: cannot be read ({exc}); expected a syslog text file") from exc
+    return got
+
+
+def _last_line_end(buf: np.ndarray, size: int) -> int:
+    """Position of the last '\\n' in buf[:size], -1 when there is none (looks at the end first)."""
+    step = 1 << 16
+    stop = size
+    while stop > 0:
+        start = max(0, stop - step)
+        at = np.flatnonzero(buf[start:stop] == 10)
+        if len(at):
+            return start + int(at[-1])
+        stop = start
+        step *= 4
+    return -1
 
 
 def iter_raw_blocks(source: Source, block_bytes: int) -> Iterator[tuple[int, bytes, int]]:
@@ -580,7 +700,7 @@ class RawPrefix:
     byte offset where it starts (it always runs to the end of the line)."""
 
     ts: pa.Array
-    program: pa.Array
+    programs: pa.DictionaryArray  # the program (syslog tag without [pid]), dictionary-encoded
     msg_start: np.ndarray  # int64, meaningful where ok
     error: pa.Array
     ok: np.ndarray  # bool
@@ -589,6 +709,11 @@ class RawPrefix:
     host_end: np.ndarray
     fast: np.ndarray  # bool: the line was read by the fast path
     slow_host: pa.Array  # host of the other lines, in line order
+
+    @property
+    def program(self) -> pa.Array:
+        """The program of each line as strings."""
+        return self.programs.cast(pa.string())
 
     def host(self, idx: np.ndarray) -> pa.Array:
         """Host of the lines at positions idx (cut out only for the lines asked for)."""
@@ -600,14 +725,26 @@ class RawPrefix:
         return _scatter(len(idx), parts, pa.string())
 
 
-def _bsd_fast(raw: RawLines, year: int | None, clock: dt.datetime, tz):
-    """Which lines are plain RFC 3164 ('Mmm dd HH:MM:SS ' with a real date), and their naive
-    local time in microseconds since the epoch."""
-    n = len(raw)
-    length = raw.ends - raw.starts
+def _time_runs(raw: RawLines) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive lines whose first 16 bytes are the same (a busy log writes many
+    lines a second): the first line of each run, and the run of each line. The time is read
+    once per run, which gives the same answer as once per line."""
+    words = np.ndarray((len(raw.buf) - 7,), dtype=np.uint64, buffer=raw.buf, strides=(1,))
+    w0, w1 = words[raw.starts], words[raw.starts + 8]
+    long = raw.ends - raw.starts > 16
+    new = np.ones(len(raw), dtype=bool)
+    new[1:] = (w0[1:] != w0[:-1]) | (w1[1:] != w1[:-1]) | (long[1:] != long[:-1])
+    return np.flatnonzero(new), np.cumsum(new) - 1
+
+
+def _bsd_fast(raw: RawLines, rows: np.ndarray, year: int | None, clock: dt.datetime, tz):
+    """Which of the lines `rows` are plain RFC 3164 ('Mmm dd HH:MM:SS ' with a real date), and
+    their naive local time in microseconds since the epoch."""
+    n = len(rows)
+    length = raw.ends[rows] - raw.starts[rows]
     # The first 16 bytes of each line in one gather (unaligned 16-byte records over the buffer).
     records = np.ndarray((len(raw.buf) - 15,), dtype="V16", buffer=raw.buf, strides=(1,))
-    head = records[raw.starts].view(np.uint8).reshape(n, 16).astype(np.int32)
+    head = records[raw.starts[rows]].view(np.uint8).reshape(n, 16).astype(np.int32)
     key = ((head[:, 0] << 16) | (head[:, 1] << 8) | head[:, 2]).astype(np.int64)
     pos = np.minimum(np.searchsorted(_MONTH_SORTED, key), 11)
     known = _MONTH_SORTED[pos] == key
@@ -656,9 +793,11 @@ def parse_prefix_raw(
     if n == 0:
         empty, none = pa.array([], pa.string()), np.zeros(0, np.int64)
         return RawPrefix(
-            pa.array([], TS), empty, none, empty, np.zeros(0, bool), raw, none, none, np.zeros(0, bool), empty
+            pa.array([], TS), empty.dictionary_encode(), none, empty, np.zeros(0, bool), raw, none, none, np.zeros(0, bool), empty
         )
-    fast, micros = _bsd_fast(raw, year, clock, tz)
+    run_start, run = _time_runs(raw)
+    run_fast, run_micros = _bsd_fast(raw, run_start, year, clock, tz)
+    fast = run_fast[run]
     # Host = from offset 16 to the next space; tag = to the space after that, ending in ':'.
     host_start = raw.starts + 16
     host_end = raw.next_byte(host_start, 32)
@@ -670,18 +809,21 @@ def parse_prefix_raw(
     fidx = np.flatnonzero(fast)
     sidx = np.flatnonzero(~fast)
 
-    ts_naive = pa.array(micros[fidx], pa.timestamp("us"))
-    ts_fast = local_to_utc(ts_naive, tz)
+    # To UTC once per run (the zone conversion is the costly part), then to every line.
+    ok_runs = np.flatnonzero(run_fast)
+    run_ts = local_to_utc(pa.array(run_micros[ok_runs], pa.timestamp("us")), tz)
+    ok_run_of = np.cumsum(run_fast) - 1  # row in run_ts of each good run
+    ts_fast = run_ts.take(pa.array(ok_run_of[run[fidx]]))
     # Program = the tag up to its first '[' (the pid), else up to the ':' that ends it.
     tag_start, tag_stop = host_end[fidx] + 1, tag_end[fidx] - 1
     b = raw.next_byte(tag_start, 91)
     tag_stop = np.where(b < tag_stop, b, tag_stop)
-    program_fast = raw.slices(tag_start, tag_stop)
+    programs_fast = raw.slices(tag_start, tag_stop).dictionary_encode()
     msg_start = np.zeros(n, dtype=np.int64)
     msg_start[fidx] = tag_end[fidx] + 1
     if not len(sidx):
         return RawPrefix(
-            ts_fast, program_fast, msg_start, pa.nulls(n, pa.string()), fast, raw, host_start, host_end,
+            ts_fast, programs_fast, msg_start, pa.nulls(n, pa.string()), fast, raw, host_start, host_end,
             fast, pa.array([], pa.string()),
         )
 
@@ -691,11 +833,13 @@ def parse_prefix_raw(
     msg_len = pc.binary_length(pc.fill_null(slow.message, "")).to_numpy(zero_copy_only=False)
     msg_start[sidx] = raw.ends[sidx] - msg_len
     ts = _scatter(n, [(fidx, ts_fast), (sidx, slow.ts)], TS)
-    program = _scatter(n, [(fidx, program_fast), (sidx, slow.program)], pa.string())
+    program = _scatter(n, [(fidx, programs_fast.cast(pa.string())), (sidx, slow.program)], pa.string())
     error = _scatter(n, [(fidx, pa.nulls(len(fidx), pa.string())), (sidx, slow.error)], pa.string())
     ok = fast.copy()
     ok[sidx] = slow_ok
-    return RawPrefix(ts, program, msg_start, error, ok, raw, host_start, host_end, fast, slow.host)
+    return RawPrefix(
+        ts, program.dictionary_encode(), msg_start, error, ok, raw, host_start, host_end, fast, slow.host
+    )
 
 
 def _as_bool(arr: pa.Array) -> np.ndarray:

@@ -377,3 +377,130 @@ def test_skip_kinds_read_from_line_starts_and_tls_phrase_anywhere(tmp_path: Path
     assert skipped[postfix.SKIP_STATS] == 1
     assert skipped[postfix.SKIP_DAEMON] == 1
     assert skipped[postfix.SKIP_QID_UNUSED] == 1
+
+
+def _records_block(records: list[str]):
+    """Records as the lines of one RawLines block, each after a prefix of varying length (as
+    a record follows 'QUEUEID: '): (raw, record starts, record ends)."""
+    import numpy as np
+
+    from pipeline.ingest.syslog import raw_lines
+
+    prefixes = ["x" * (i % 37) + "\x01" for i in range(len(records))]
+    raw = raw_lines("".join(p + r + "\n" for p, r in zip(prefixes, records, strict=True)).encode())
+    return raw, raw.starts + np.array([len(p) for p in prefixes]), raw.ends
+
+
+def _mutations(seeds: list[str], n: int, seed: int = 7) -> list[str]:
+    """The seeds, then n random edits of them (cuts, stray separators, deletions)."""
+    import random
+
+    rng = random.Random(seed)
+    bits = [",", ">", "<", " ", ":", "[", "]", ";", "(", ")", ", ", ", status=", "; from=<", " from ",
+            ", relay=", " to=<", "z", "\t", "\u00e9", "\u3000", "=", "-"]
+    out = list(seeds)
+    for _ in range(n):
+        s = rng.choice(seeds)
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            k = rng.randrange(len(s) + 1)
+            r = rng.random()
+            if r < 0.3:
+                s = s[:k]
+            elif r < 0.8:
+                s = s[:k] + rng.choice(bits) + s[k + rng.choice([0, 0, 1, 2]):]
+            else:
+                s = s[:k] + s[k + rng.randrange(1, 12):]
+        out.append(s)
+    return out
+
+
+def _assert_same_fields(got: dict, want: dict, records: list[str]) -> None:
+    import numpy as np
+
+    for key, w in want.items():
+        g = got[key]
+        if isinstance(w, np.ndarray):
+            assert g.tolist() == w.tolist(), key
+        else:
+            g, w = g.to_pylist(), w.to_pylist()
+            bad = [(records[i], g[i], w[i]) for i in range(len(w)) if g[i] != w[i]]
+            assert not bad, (key, bad[:3])
+
+
+_CLIENTS = ["client=erp01.corp.contoso.com[203.0.113.50]", "client=unknown[198.51.100.7]:587",
+            "client=a,b[192.0.2.1]", "client=x[192.0.2.1", "client=[]",
+            "client=h[::1], sasl_method=PLAIN, sasl_username=u"]
+_MESSAGE_IDS = ["message-id=<0943287054.1000@erp01.corp.contoso.com>", "message-id= <x@y> ",
+                "message-id=", "message-id=\u3000<a@b>\u3000", "message-id=<a@b>\t", "message-id=\u00e9"]
+_QMGRS = ["from=<noreply@erp.corp.local>, size=2214, nrcpt=1 (queue active)",
+          "from=<>, size=0, nrcpt=1 (queue active)", "from=<a@b>, status=expired, returned to sender",
+          "from=<a@b>, size=123456789012345678, nrcpt=1", "from=<a@b>, size=12345678901234567, nrcpt=1",
+          "from=<a@b>, size=1", "from=<a@b>, size=x", "from=<a>b>, size=5"]
+
+
+def test_fast_record_readers_match_the_general_readers():
+    # Each record kind is read on byte offsets when it has its usual shape, else by the
+    # general Arrow reader: on mutated records both must give the same fields.
+    header_line = re.compile(postfix._HEADER_LINE)
+    cases = [
+        (_DELIVERIES, None, postfix._read_delivery,
+         lambda s: {**(d := postfix._delivery_fields(s)), "relay": postfix._host_of_relay(d["relay"])}),
+        (_HEADERS, header_line.match, postfix._read_header, postfix._header_fields),
+        (_CLIENTS, None, lambda *a: {"ip": postfix._read_client(*a)},
+         lambda s: {"ip": postfix.extract(s, postfix._CLIENT)}),
+        (_MESSAGE_IDS, lambda r: r.startswith("message-id="),
+         lambda *a: {"id": postfix._read_message_id(*a)},
+         lambda s: {"id": pa.compute.utf8_trim_whitespace(pa.compute.utf8_slice_codeunits(s, 11))}),
+        (_QMGRS, lambda r: r.startswith("from=<"), postfix._read_qmgr, postfix._qmgr_fields),
+    ]
+    for seeds, kind_test, fast, general in cases:
+        records = [r for r in _mutations(seeds, 3000) if kind_test is None or kind_test(r)]
+        raw, a, e = _records_block(records)
+        _assert_same_fields(fast(raw, a, e), general(pa.array(records)), records)
+
+
+def test_queue_id_words_and_header_names_match_their_regexes():
+    import numpy as np
+
+    words = ["NOQUEUE", "NOQUEUEX", "noqueue", "4AA091855DA0", "4Tq1xY2QZtz9s", "ABCDE", "ABCD",
+             "0123456789z", "0123456789zA", "012345678zA", "A" * 15 + "z1", "A" * 16, "A" * 40, ""]
+    words = _mutations(words, 2000)
+    raw, a, e = _records_block(words)
+    is_qid, is_noq = postfix._queue_id_words(raw, a, e)
+    want = pa.compute.match_substring_regex(pa.array(words), postfix._QUEUE_ID).to_numpy(zero_copy_only=False)
+    assert is_qid.tolist() == want.tolist()
+    assert is_noq.tolist() == [w == "NOQUEUE" for w in words]
+    names = _mutations(["info: header From: x", "info: header " + "A" * 30 + ": x",
+                        "info: header " + "A" * 31 + ": x", "info: header X-Mailer:"], 2000)
+    raw, a, e = _records_block(names)
+    got = postfix._header_name_ends(raw, np.minimum(a + 13, e), e)
+    want = pa.compute.match_substring_regex(pa.array(names), postfix._HEADER_LINE).to_numpy(zero_copy_only=False)
+    starts = np.array([n.startswith("info: header ") for n in names])
+    assert got[starts].tolist() == want[starts].tolist()
+
+
+def test_line_numbers_and_messages_do_not_depend_on_the_block_size():
+    rows, ctx, rejects = run([DATA / "malformed_crlf.log"], year=2026)
+    for size in (1024, 2048):
+        small_rows, small_ctx, small_rejects = run([DATA / "malformed_crlf.log"], year=2026, chunk_bytes=size)
+        assert small_rows == rows
+        assert small_ctx.accounting.to_json() == ctx.accounting.to_json()
+        assert pa.concat_tables(small_rejects).equals(pa.concat_tables(rejects))
+
+
+def test_recipient_domains_match_list_domains_joined():
+    import random
+
+    from pipeline.ingest.base import _recipient_domains
+    from pipeline.normalize import list_domains_joined
+
+    rng = random.Random(1)
+    parts = ["a@B.com", "x@b.com.", "y@c.org", "z", "", None, "q@\u00fc.de", "w@\u00dc.DE", "p@x.y>",
+             "r@ a.b", "<s@d.e>", "u@v@w.x", "k@.", "m@b.com "]
+    for _ in range(200):
+        rows = [None if rng.random() < 0.1 else [rng.choice(parts) for _ in range(rng.randrange(5))]
+                for _ in range(rng.randrange(30))]
+        arr = pa.array(rows, pa.list_(pa.string()))
+        assert _recipient_domains(arr).equals(list_domains_joined(arr)), rows
+        if len(arr) > 1:
+            assert _recipient_domains(arr.slice(1)).equals(list_domains_joined(arr.slice(1)))

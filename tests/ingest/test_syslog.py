@@ -208,3 +208,63 @@ def test_byte_offset_helpers_windows_fallback_and_tiny_blocks():
     heads = raw.heads(raw.starts, raw.ends)
     assert head_starts(heads, "connect ").tolist() == [False, True]
     assert head_starts(raw.heads(raw.starts + 100, raw.ends), " bconnect").tolist() == [False, False]
+
+
+def test_iter_padded_blocks_carries_partial_lines_and_pads(tmp_path: Path):
+    from pipeline.ingest.syslog import _PAD, iter_padded_blocks, raw_lines
+
+    text = b"".join(b"line %d\n" % i for i in range(1, 101)) + b"x" * 300 + b"\nno newline at end"
+    for name, write in (("log", Path.write_bytes), ("log.gz", lambda p, b: p.write_bytes(gzip.compress(b)))):
+        f = tmp_path / name
+        write(f, text)
+        got = []
+        blocks = list(iter_padded_blocks(Source(f), 64))
+        for block in blocks:
+            assert not block[-_PAD:].any()  # zero padding after the text
+            assert block[-_PAD - 1] == 10  # whole lines only
+            got.extend(raw_lines(block).lines().to_pylist())
+        assert got == text.decode().split("\n")
+        assert len(blocks) > 5  # the 300-byte line spans several reads
+
+
+def test_next_byte_with_record_end_slides_its_window():
+    from pipeline.ingest.syslog import raw_lines
+
+    line = "a" * 70 + ",b" + "c" * 300 + ",d"
+    raw = raw_lines((line + "\n" + "e,\n").encode())
+    starts, ends = raw.starts, raw.ends
+    none = len(raw.buf) - 1
+    assert raw.next_byte(starts, 44, ends).tolist() == [70, starts[1] + 1]
+    # Past the end of the record counts as none, even when the next line has the byte.
+    assert raw.next_byte(starts + 71, 44, starts + 100).tolist()[0] == none
+    # Farther than the sliding windows reach: the block's positions of the byte.
+    assert raw.next_byte(starts + 71, 44, ends).tolist()[0] == 70 + 2 + 300
+    assert raw.next_byte(starts[:1] + 72, 44).tolist() == [372]
+
+
+def test_first_true_and_slices_in_and_out_of_line_order():
+    from pipeline.ingest.syslog import first_true, raw_lines
+
+    m = np.zeros((4, 32), dtype=bool)
+    m[0, 3] = m[0, 9] = m[2, 31] = m[3, 0] = True
+    assert first_true(m).tolist() == [3, 32, 31, 0]
+    assert first_true(m, last=True).tolist() == [9, 32, 31, 0]
+    raw = raw_lines(b"alpha beta\ngamma\n\xce\xb4elta epsilon\n")
+    words = ["alpha", "beta", "gamma", "\u03b4elta", "epsilon"]
+    start = np.array([0, 6, 11, 17, 24])
+    end = np.array([5, 10, 16, 23, 31])
+    assert raw.slices(start, end).to_pylist() == words  # in order: one filter over the buffer
+    order = np.array([4, 0, 3, 1, 2])
+    assert raw.slices(start[order], end[order]).to_pylist() == [words[i] for i in order]
+    assert raw.slices(np.array([6, 6]), np.array([5, 10])).to_pylist() == ["", "beta"]
+
+
+def test_iso_time_without_offset_is_local_time_next_to_rfc3164_lines():
+    lines = pa.array([
+        "2023-01-01T10:00:00 host prog[1]: iso, no offset",
+        "Jan  1 10:00:00 host prog[1]: bsd",
+        "2023-01-01T10:00:00+00:00 host prog[1]: iso, offset",
+    ])
+    p = parse_prefix(lines, year=2023, tz=ZoneInfo("Europe/Berlin"))
+    got = [t.as_py().replace(tzinfo=None) for t in p.ts]
+    assert got == [dt.datetime(2023, 1, 1, 9), dt.datetime(2023, 1, 1, 9), dt.datetime(2023, 1, 1, 10)]
