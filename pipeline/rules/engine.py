@@ -183,9 +183,10 @@ class RuleContext:
 # Per-column facts: one entry per dictionary value, plus a last slot for null
 
 
-def _dictionary(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray | None, pa.Array]:
+def _dictionary(col: pa.Array | pa.ChunkedArray, scratch: np.ndarray | None = None) -> tuple[np.ndarray | None, pa.Array]:
     """(codes with null -> len(dictionary), dictionary) for any string-like column; codes are
-    None when every row is null (a constant: it cannot split combos)."""
+    None when every row is null (a constant: it cannot split combos). Null slots are filled
+    in `scratch` (int32, one per row) when given."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if not pa.types.is_dictionary(col.type):
@@ -202,12 +203,29 @@ def _dictionary(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray | None, pa.
         # null_slot), in place, so whatever an index buffer holds under a null is multiplied
         # away (faster than pc.fill_null or np.where).
         null_slot = np.int32(len(dictionary))
-        filled = _pooled(len(codes), np.int32)
+        filled = scratch if scratch is not None else np.empty(len(codes), dtype=np.int32)
         np.subtract(codes, null_slot, out=filled)
         np.multiply(filled, _bits(indices, 0), out=filled, casting="unsafe")
         np.add(filled, null_slot, out=filled)
         codes = filled
     return codes, dictionary
+
+
+class _Scratch(threading.local):
+    """Working arrays of one engine, per thread, reused batch after batch (contents
+    undefined): row-sized temporaries that never leave a batch cost no fresh pages. Owned by
+    the engine, so they go when it goes."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, n: int, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = n * dtype.itemsize
+        buf = self.buffers.get(name)
+        if buf is None or len(buf) < size:
+            buf = self.buffers[name] = np.empty(max(size, 8), dtype=np.uint8)
+        return buf[:size].view(dtype)
 
 
 def _pooled(n: int, dtype) -> np.ndarray:
@@ -336,6 +354,7 @@ class Engine:
         self._labels: list[str] = []
         self._label_ids: dict[str, int] = {}
         self._zero_indices = pa.array(np.zeros(0, dtype=np.int32))
+        self._scratch = _Scratch()
 
     # --- facts per column ---------------------------------------------------------------
 
@@ -455,7 +474,7 @@ class Engine:
         # (None for a column null on every row; `constant` says its code).
         local, sizes, dictionaries, constant = {}, {}, {}, {}
         for name in self._vocab:
-            local[name], dictionaries[name] = _dictionary(cols[name])
+            local[name], dictionaries[name] = _dictionary(cols[name], self._scratch.array(f"codes:{name}", n, np.int32))
             sizes[name] = len(dictionaries[name]) + 1
             constant[name] = len(dictionaries[name])
         null_sender = cols["null_sender"]
@@ -473,10 +492,10 @@ class Engine:
         # recipient lists are reduced to that before the rows are factorized (fewer combos).
         rcpt_class = (rcpt["internal"].astype(np.int8) | (rcpt["external"].astype(np.int8) << 1))[to_global["recipient_domains"]]
         codes = local["recipient_domains"]
-        local["rcpt_class"] = None if codes is None else _gather(rcpt_class, codes)
+        local["rcpt_class"] = None if codes is None else _gather(rcpt_class, codes, self._scratch.array("rcpt_class", n, np.int8))
         sizes["rcpt_class"], constant["rcpt_class"] = 4, int(rcpt_class[-1])
 
-        inverse, per_id, m = _factorize([local[k] for k in _KEY], [sizes[k] for k in _KEY], n)
+        inverse, per_id, m = _factorize([local[k] for k in _KEY], [sizes[k] for k in _KEY], n, self._scratch)
         weights = np.bincount(inverse, minlength=m)
         combo = {}
         for k, codes in zip(_KEY, per_id, strict=True):
@@ -490,7 +509,7 @@ class Engine:
             per_combo = {name: values[ids] for name, values in self._results.items()}
             vocab = {name: s.values for name, s in self._strings.items()}
         rule_pack = pa.DictionaryArray.from_arrays(self._zeros(n), pa.array([self.rc.pack.name]))
-        return _broadcast(per_combo, vocab, inverse, rule_pack)
+        return _broadcast(per_combo, vocab, inverse, rule_pack, self._scratch)
 
     def _zeros(self, n: int) -> pa.Array:
         """n int32 zeros, shared by every batch (Arrow arrays are immutable)."""
@@ -749,7 +768,7 @@ def _bool_code(col) -> np.ndarray | None:
     return _view(pc.fill_null(pc.cast(col, pa.int8()), pa.scalar(3, pa.int8())))
 
 
-def _factorize(code_arrays: list[np.ndarray | None], sizes: list[int], n: int) -> tuple[np.ndarray, list[np.ndarray | None], int]:
+def _factorize(code_arrays: list[np.ndarray | None], sizes: list[int], n: int, scratch: _Scratch) -> tuple[np.ndarray, list[np.ndarray | None], int]:
     """Dense ids for the distinct rows of several code arrays (None: a constant column):
     (intp id per row, each array's code per id, number of ids). The codes are packed into
     one int64 key by bit shifts and hashed once by Arrow; the distinct keys unpack into the
@@ -757,9 +776,10 @@ def _factorize(code_arrays: list[np.ndarray | None], sizes: list[int], n: int) -
     per id then come from a representative row instead."""
     widths = [int(size - 1).bit_length() if codes is not None else 0 for codes, size in zip(code_arrays, sizes, strict=True)]
     live = [(codes, bits) for codes, bits in zip(code_arrays, widths, strict=True) if bits > 0]
-    key, exact = _pack_bits(live, n)
+    key, exact = _pack_bits(live, n, scratch)
     enc = pc.dictionary_encode(pa.array(key))
-    inverse = _view(enc.indices.cast(pa.int64()))  # intp: numpy's gathers want no conversion
+    inverse = scratch.array("inverse", n, np.intp)  # intp: numpy's gathers want no conversion
+    np.copyto(inverse, _view(enc.indices), casting="safe")
     m = len(enc.dictionary)
     if not exact:
         rep = np.empty(m, dtype=np.intp)
@@ -774,16 +794,18 @@ def _factorize(code_arrays: list[np.ndarray | None], sizes: list[int], n: int) -
     return inverse, per_id, m
 
 
-def _pack_bits(live: list[tuple[np.ndarray, int]], n: int) -> tuple[np.ndarray, bool]:
-    """(the codes of each row packed side by side into one int64, as the (codes, bit width)
-    pairs say; False if the key had to be densified part way to stay within 62 bits).
-    Packed 32 bits at a time first: half the memory traffic of int64 arithmetic and no
-    casts for the 32-bit codes."""
+def _pack_bits(live: list[tuple[np.ndarray, int]], n: int, scratch: _Scratch) -> tuple[np.ndarray, bool]:
+    """(the codes of each row packed side by side into one integer key, as the (codes, bit
+    width) pairs say; False if the key had to be densified part way to stay within 62 bits).
+    Packed 32 bits at a time first: half the memory traffic of int64 arithmetic and no casts
+    for the 32-bit codes; a key that fits 32 bits is hashed as it is."""
     words: list[tuple[np.ndarray, int]] = []  # (uint32 partial key, bits used)
     for codes, bits in live:
         if not words or words[-1][1] + bits > 32:
-            words.append((_pooled(n, np.uint32), 0))
-            words[-1][0][:] = 0
+            word = scratch.array(f"word{len(words)}", n, np.uint32)
+            np.copyto(word, codes, casting="unsafe")  # the first codes start the word
+            words.append((word, bits))
+            continue
         word, used = words[-1]
         np.left_shift(word, bits, out=word)
         if codes.dtype.itemsize == 4:
@@ -791,10 +813,14 @@ def _pack_bits(live: list[tuple[np.ndarray, int]], n: int) -> tuple[np.ndarray, 
         else:
             np.bitwise_or(word, codes, out=word, casting="unsafe")
         words[-1] = (word, used + bits)
-    key = _pooled(n, np.int64)
-    key[:] = 0
-    used, exact = 0, True
-    for word, bits in words:
+    if not words:
+        return np.zeros(n, dtype=np.uint32), True
+    if len(words) == 1:
+        return words[0][0], True
+    key = scratch.array("key", n, np.int64)
+    np.copyto(key, words[0][0], casting="unsafe")
+    used, exact = words[0][1], True
+    for word, bits in words[1:]:
         if used + bits > 62:
             key, used = _densify(key)
             exact = False
@@ -922,10 +948,10 @@ def _reason(*, kind, p1_dom, p1_acc, p2_dom, p2_acc, cert_source, cert_state, ce
     return pc.if_else(pa.array(in_scope), judged, not_relayed)
 
 
-def _gather(per_combo: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """per_combo[inverse] into Arrow's memory pool (see _view); ids are always in range, so
-    mode="wrap" skips numpy's bounds checks and output buffering."""
-    out = _pooled(len(inverse), per_combo.dtype)
+def _gather(per_combo: np.ndarray, inverse: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """per_combo[inverse], into `out` or Arrow's memory pool (see _view); ids are always in
+    range, so mode="wrap" skips numpy's bounds checks and output buffering."""
+    out = _pooled(len(inverse), per_combo.dtype) if out is None else out
     np.take(per_combo, inverse, out=out, mode="wrap")
     return out
 
@@ -954,7 +980,7 @@ def _dict_from_vocabulary(codes: np.ndarray, vocabulary: pa.Array, inverse: np.n
     return pa.DictionaryArray.from_arrays(indices, vocabulary.take(pa.array(used, pa.int64())), safe=False)
 
 
-def _flag_bitmaps(flags: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str, pa.Buffer | None]:
+def _flag_bitmaps(flags: dict[str, np.ndarray], inverse: np.ndarray, scratch: _Scratch) -> dict[str, pa.Buffer | None]:
     """Several per-combo boolean columns -> one Arrow bitmap per row each, with ONE gather: the
     combo's flags are packed into the bits of an integer first. None for a flag true on every
     row (a validity bitmap that can be left out)."""
@@ -962,9 +988,9 @@ def _flag_bitmaps(flags: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str
     packed = np.zeros(len(next(iter(flags.values()))), dtype=np.uint16)
     for i, flag in enumerate(flags.values()):
         packed |= flag.astype(np.uint16) << i
-    rows = _gather(packed, inverse)
-    bit = _pooled(len(rows), np.uint16)
-    is_set = _pooled(len(rows), np.bool_)
+    rows = _gather(packed, inverse, scratch.array("flags", len(inverse), np.uint16))
+    bit = scratch.array("bit", len(rows), np.uint16)
+    is_set = scratch.array("is_set", len(rows), np.bool_)
     out = {}
     for i, (name, flag) in enumerate(flags.items()):
         if flag.all():
@@ -976,7 +1002,7 @@ def _flag_bitmaps(flags: dict[str, np.ndarray], inverse: np.ndarray) -> dict[str
     return out
 
 
-def _broadcast(per_combo: dict[str, np.ndarray], vocabularies: dict[str, pa.Array], inverse: np.ndarray, rule_pack: pa.Array) -> dict[str, pa.Array]:
+def _broadcast(per_combo: dict[str, np.ndarray], vocabularies: dict[str, pa.Array], inverse: np.ndarray, rule_pack: pa.Array, scratch: _Scratch) -> dict[str, pa.Array]:
     """Per-combo results -> row columns: one int32 gather per dictionary column, and one
     gather for every boolean value and validity bit together."""
     n = len(inverse)
@@ -984,7 +1010,7 @@ def _broadcast(per_combo: dict[str, np.ndarray], vocabularies: dict[str, pa.Arra
     flags = {f"{k}.value": per_combo[k] == 1 for k in tri}
     flags.update({f"{k}.valid": per_combo[k] != 2 for k in tri})
     flags.update({f"{k}.valid": per_combo[k] >= 0 for k in _STRING_OUTPUTS})
-    bitmaps = _flag_bitmaps(flags, inverse)
+    bitmaps = _flag_bitmaps(flags, inverse, scratch)
     out = {"rule_pack": rule_pack}
     for k in tri:
         data = bitmaps[f"{k}.value"] or pa.py_buffer(np.full((n + 7) // 8, 0xFF, dtype=np.uint8))

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.rules.engine import _factorize
+from pipeline.rules.engine import _factorize, _Scratch
 
 
 @settings(max_examples=80, deadline=None)
@@ -19,7 +19,7 @@ def test_factorize_matches_row_unique(n, sizes, constant, seed):
     pool = [rng.integers(0, s, 5).astype(np.int32) for s in sizes]
     pick = rng.integers(0, 5, (n, len(sizes)))
     codes = [None if constant[i] and sizes[i] == 1 else pool[i][pick[:, i]] for i in range(len(sizes))]
-    inverse, per_id, m = _factorize(codes, sizes, n)
+    inverse, per_id, m = _factorize(codes, sizes, n, _Scratch())
     assert inverse.dtype == np.intp and len(inverse) == n
     live = [c for c in codes if c is not None]
     rows = np.stack(live, axis=1) if live and n else np.zeros((n, 0), dtype=np.int32)
@@ -37,7 +37,7 @@ def test_factorize_wide_keys_fall_back_to_representatives():
     rng = np.random.default_rng(1)
     sizes = [2**30, 2**30, 2**30]  # 90 bits together
     codes = [rng.integers(0, 2**30, 4).astype(np.int32)[rng.integers(0, 4, n)] for _ in sizes]
-    inverse, per_id, m = _factorize(codes, sizes, n)
+    inverse, per_id, m = _factorize(codes, sizes, n, _Scratch())
     assert m == len(np.unique(np.stack(codes, axis=1), axis=0))
     for c, got in zip(codes, per_id, strict=True):
         assert np.array_equal(got[inverse], c)
