@@ -44,5 +44,5 @@ def terminal_summary(summary: dict) -> str:
             f"{sum(lines_info['skipped'].values())} skipped, {summary['rejected_lines']} not parsed (see rejects/)"
         )
     for text, count in list(summary.get("warnings", {}).items())[:5]:
-        lines.append(f"warning: {text} ({count} messages)")
+        lines.append(f"warning: {text} ({count} message{'' if count == 1 else 's'})")
     return "\n".join(lines)
