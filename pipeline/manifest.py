@@ -8,7 +8,11 @@ first 64 KiB of (decompressed) content. On the next run into the same WORKDIR:
   recognised and skipped;
 - anything else is read; if it shares its fingerprint or its name with a file read before
   (it grew, was rotated and grew, or was compressed), the rows that file produced are removed
-  first, so a message is never counted twice.
+  first, so a message is never counted twice;
+- when anything is read, an unchanged or rotated file whose earlier rows include messages still
+  open at the end of that run (`incomplete`) is read again with it, its earlier rows replaced:
+  a message whose first lines are in the rotated file and whose last lines are in the new one
+  comes out as one whole message, not as two incomplete halves.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ class Manifest:
         self.path = Path(workdir) / MANIFEST
         self.files: dict[str, dict] = read_json(self.path).get("files", {})
 
-    def plan(self, sources: list[Source]) -> Plan:
+    def plan(self, sources: list[Source], open_rows: frozenset[str] = frozenset()) -> Plan:
+        """What to read, skip and replace; `open_rows` are the source_file values of earlier
+        rows still incomplete (see the module docstring)."""
         by_head: dict[str, list[str]] = {}
         for name, entry in self.files.items():
             by_head.setdefault(entry["head"], []).append(name)
@@ -104,7 +110,24 @@ class Manifest:
             replaced.update(
                 self.rows_name(n) for n in by_head.get(state.head, []) if n not in current and n not in claimed
             )
+        if to_read:
+            self._reopen(sources, open_rows, to_read, skipped, replaced, rotated)
         return Plan(to_read, skipped, replaced, states, rotated)
+
+    def _reopen(self, sources, open_rows, to_read, skipped, replaced, rotated) -> None:
+        """Read again the skipped files whose earlier rows hold messages still open."""
+        for src in sources:
+            if src.name not in skipped:
+                continue
+            rows = self.rows_name(rotated.get(src.name, src.name))
+            if rows not in open_rows:
+                continue
+            del skipped[src.name]
+            rotated.pop(src.name, None)  # its rows are replaced, not relabelled
+            to_read.append(src)
+            replaced.add(rows)
+        order = {src.name: i for i, src in enumerate(sources)}
+        to_read.sort(key=lambda src: order[src.name])  # formats that read in the given order
 
     def rows_name(self, name: str) -> str:
         """The source_file value the rows of a manifest entry carry (its first name)."""

@@ -138,3 +138,42 @@ def test_unrecognised_file_in_a_folder_is_listed_not_fatal(tmp_path):
 
     with pytest.raises(InputFormatError, match="notes.txt: not a log format"):
         ingest([logs / "notes.txt"], tmp_path / "w2")
+
+
+def test_message_open_across_a_rotation_comes_out_whole(tmp_path):
+    """Run 1 sees a Postfix message's first lines (still queued at the end: incomplete); the log
+    is rotated; run 2 sees its delivery in the new file. The rotated file is read again with
+    the new one, so the message is one complete row, not two incomplete halves."""
+    first = (
+        "Nov  2 09:15:42 relay01 postfix/smtpd[4300]: 1F2E3D4C5B: client=app02.corp.contoso.com[203.0.113.56]\n"
+        "Nov  2 09:15:42 relay01 postfix/cleanup[4103]: 1F2E3D4C5B: message-id=<app02.77120@app02.corp.contoso.com>\n"
+        "Nov  2 09:15:42 relay01 postfix/qmgr[1021]: 1F2E3D4C5B: from=<helpdesk@app02.corp.local>, size=3377, nrcpt=1 (queue active)\n"
+        "Nov  2 09:15:50 relay01 postfix/qmgr[1021]: 2A2A2A2A2A: from=<other@contoso.com>, size=10, nrcpt=1 (queue active)\n"
+        "Nov  2 09:15:50 relay01 postfix/smtp[4301]: 2A2A2A2A2A: to=<a@fabrikam.com>, relay=contoso-com.mail.protection.outlook.com[198.51.100.201]:25, delay=1, delays=0/0/0/1, dsn=2.6.0, status=sent (250 2.6.0 ok)\n"
+        "Nov  2 09:15:50 relay01 postfix/qmgr[1021]: 2A2A2A2A2A: removed\n"
+    )
+    second = (
+        "Nov  2 09:16:43 relay01 postfix/smtp[4301]: 1F2E3D4C5B: to=<customer@fabrikam.com>, relay=contoso-com.mail.protection.outlook.com[198.51.100.201]:25, delay=61, delays=60/0.01/0.5/0.49, dsn=2.6.0, status=sent (250 2.6.0 Queued mail for delivery)\n"
+        "Nov  2 09:16:43 relay01 postfix/qmgr[1021]: 1F2E3D4C5B: removed\n"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "maillog").write_text(first)
+    w = tmp_path / "w"
+    ingest([logs], w)
+    before = pq.read_table(w / "messages").to_pylist()
+    assert sorted((r["message_id"] is not None, r["incomplete"]) for r in before) == [(False, False), (True, True)]
+
+    os.rename(logs / "maillog", logs / "maillog.1")  # rotation keeps size and time
+    (logs / "maillog").write_text(second)
+    summary = ingest([logs], w)
+    rows = pq.read_table(w / "messages").to_pylist()
+    assert len(rows) == 2  # the other message is not duplicated by the re-read
+    whole = next(r for r in rows if r["message_id"] == "app02.77120@app02.corp.contoso.com")
+    assert whole["incomplete"] is False and whole["status"] == "sent"
+    assert whole["source_file"] == str(logs / "maillog.1")
+    assert sorted(summary["this_run"]["files_read"]) == [str(logs / "maillog"), str(logs / "maillog.1")]
+    assert summary["totals"]["lines"] == 8  # every line once, the re-read file's not twice
+
+    third = ingest([logs], w)  # nothing new: nothing read again
+    assert third["this_run"]["files_read"] == [] and len(pq.read_table(w / "messages")) == 2

@@ -165,7 +165,7 @@ def ingest(
     manifest = Manifest(workdir)
     if fresh:
         manifest.files = {}
-    plan = manifest.plan(sources)
+    plan = manifest.plan(sources, frozenset() if fresh else _files_with_open_messages(workdir / "messages"))
     groups: dict[str, tuple[ModuleType, list[Source]]] = {}
     unrecognised: dict[str, str] = {}
     for src in plan.to_read:
@@ -225,6 +225,20 @@ def ingest(
     summary["formats"] = {name: [s.name for s in files] for name, (_m, files) in groups.items()}
     write_json(workdir / "ingest.json", summary)
     return summary
+
+
+def _files_with_open_messages(directory: Path) -> frozenset[str]:
+    """source_file values of the rows an earlier run left incomplete (messages still open at
+    the end of its input), read off two columns of the messages dataset."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    names: set[str] = set()
+    for part in dataset_files(directory):
+        t = pq.read_table(part, columns=["source_file", "incomplete"])
+        open_rows = t.filter(pc.fill_null(t.column("incomplete"), False))
+        names.update(pc.unique(open_rows.column("source_file").cast(pa.string())).to_pylist())
+    return frozenset(n for n in names if n is not None)
 
 
 def _carry_over(directory: Path, writer: DatasetWriter, replaced: set[str], renames: dict[str, str]) -> None:
