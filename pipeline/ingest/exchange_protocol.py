@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..normalize import extract
+from ..workdir import ROW_GROUP
 from ._exchange_common import (
     glob_regex,
     header_lines,
@@ -402,7 +403,9 @@ def _to_columns(out: pa.Table, ctx: IngestContext) -> pa.Table:
         "source_file": out.column("file_first"),
         "source_line": out.column("line_min"),
         "host": out.column("host_first"),
-        "message_id": out.column("mid_first"),
+        # Send logs name it before MAIL FROM; receive logs only in the reply to DATA.
+        "message_id": pc.if_else(send, out.column("mid_first").combine_chunks(),
+                                 extract(ok, r"^250[ -]2\.6\.0 (?P<m><[^>\s]+>)")),
         "queue_id": out.column("record_first"),
         "p1_sender": pc.if_else(pc.is_null(p1), pa.scalar(None, pa.string()), p1),
         "client_ip": pc.if_else(send, pa.scalar(None, pa.string()), remote_ip),
@@ -446,5 +449,32 @@ def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
         # The tracking reader owns these files in this run: it joins certificates and replies
         # into its rows and emits the protocol-only messages itself (no double counting).
         return
-    for t in _messages(sources, ctx):
-        yield to_batch(t)
+    if not _both_directions(sources):
+        for t in _messages(sources, ctx):
+            yield to_batch(t)
+        return
+    tables = list(_messages(sources, ctx))  # one row per message, as for the tracking join
+    if tables:
+        merged = _merge_directions(pa.concat_tables(tables))
+        for batch in merged.to_batches(max_chunksize=ROW_GROUP):
+            yield to_batch(pa.Table.from_batches([batch]))
+
+
+def _both_directions(sources: list[Source]) -> bool:
+    """Receive and send logs among the sources (from their '#Log-type' headers)."""
+    kinds = {d for src in sources for d in ("Send", "Receive") if f"SMTP {d} Protocol Log".encode() in src.head(4096)}
+    return len(kinds) == 2
+
+
+def _merge_directions(t: pa.Table) -> pa.Table:
+    """A message an Exchange server received (receive log) and passed on (send log) appears
+    in both logs, under the same Message-ID: keep the send-log row, which is the one relayed
+    onwards, and give it the client IP the receive log saw; drop the receive-log row."""
+    send = pc.equal(t.column("_direction"), "send")
+    mid = t.column("message_id").combine_chunks()
+    received = t.filter(pc.invert(send))
+    from_client = received.column("client_ip").take(pc.index_in(mid, value_set=received.column("message_id").combine_chunks()))
+    client = pc.if_else(send, pc.coalesce(t.column("client_ip").combine_chunks(), from_client), t.column("client_ip").combine_chunks())
+    t = t.set_column(t.schema.get_field_index("client_ip"), "client_ip", client)
+    passed_on = pc.is_in(mid, value_set=pc.unique(mid.filter(send)).drop_null())
+    return t.filter(pc.invert(pc.and_(pc.invert(send), pc.fill_null(passed_on, False))))

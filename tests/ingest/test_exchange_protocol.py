@@ -61,3 +61,23 @@ def test_real_receive_log(real_samples):
     rows, rej, ctx = run([path])
     assert not rej and rows == []  # an AUTH failure session carries no message
     assert ctx.accounting.totals()["lines"] == 21
+
+
+def test_receive_and_send_logs_give_one_row_per_relayed_message(test_data):
+    """The server's receive log and send log both show a relayed message, under one Message-ID
+    (the receive log in its reply to DATA): one row, the send-log one, with the client IP the
+    receive log saw. A message that was not passed on keeps its receive-log row."""
+    recv = test_data / "exchange-protocol" / "recv_relay_app.log"
+    send = test_data / "exchange-protocol" / "send_cert_reject.log"
+    rows, _, ctx = run([recv, send])
+    by_id = {r["message_id"]: r for r in rows}
+    assert sorted(by_id) == ["first@contoso.com", "scan-0001@printers.contoso.local", "second@contoso.com"]
+    relayed = by_id["first@contoso.com"]
+    assert relayed["status"] == "rejected" and relayed["client_ip"] == "203.0.113.50"
+    assert relayed["relay_host"].endswith(".mail.protection.outlook.com")
+    kept = by_id["scan-0001@printers.contoso.local"]
+    assert kept["status"] == "received" and kept["relay_host"] == "exch01.contoso.com"
+    acc = ctx.accounting.files[str(recv)]
+    assert acc["lines"] == acc["parsed"] + sum(acc["skipped"].values()) + sum(acc["rejected"].values())
+    alone, _, _ = run([recv])  # a receive log alone keeps both of its messages
+    assert sorted(r["message_id"] for r in alone) == ["first@contoso.com", "scan-0001@printers.contoso.local"]
