@@ -468,23 +468,7 @@ class Engine:
     def verdict_columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """The verdict columns for a batch that holds (some of) INPUT_COLUMNS."""
         n = batch.num_rows
-        cols = {name: batch.column(name) if name in batch.schema.names else pa.nulls(n, MESSAGES.field(name).type) for name in INPUT_COLUMNS}
-
-        # Row-sized work: each column's codes as the batch's own dictionary numbers them
-        # (None for a column null on every row; `constant` says its code).
-        local, sizes, dictionaries, constant = {}, {}, {}, {}
-        for name in self._vocab:
-            local[name], dictionaries[name] = _dictionary(cols[name], self._scratch.array(f"codes:{name}", n, np.int32))
-            sizes[name] = len(dictionaries[name]) + 1
-            constant[name] = len(dictionaries[name])
-        null_sender = cols["null_sender"]
-        if null_sender.null_count == n and "p1_sender" in batch.schema.names:
-            # a table built by hand, without the derived column: derive it here
-            p1 = batch.column("p1_sender")
-            null_sender = pc.equal(pc.binary_length(p1.cast(pa.string()) if pa.types.is_dictionary(p1.type) else p1), 0)
-        for name, col in (("null_sender", null_sender), ("logged_by_exo", cols["logged_by_exo"]), ("is_ndr", cols["is_ndr"])):
-            local[name], sizes[name], constant[name] = _bool_code(col), 4, 3
-
+        local, sizes, dictionaries, constant = self._local_codes(batch)
         with self._lock:
             to_global = {name: v.global_codes(dictionaries[name]) for name, v in self._vocab.items()}
             rcpt = self._vocab["recipient_domains"].facts
@@ -510,6 +494,26 @@ class Engine:
             vocab = {name: s.values for name, s in self._strings.items()}
         rule_pack = pa.DictionaryArray.from_arrays(self._zeros(n), pa.array([self.rc.pack.name]))
         return _broadcast(per_combo, vocab, inverse, rule_pack, self._scratch)
+
+    def _local_codes(self, batch: pa.RecordBatch) -> tuple[dict, dict, dict, dict]:
+        """Row-sized work: each input column's codes as the batch's own dictionary numbers them
+        (None for a column null on every row), with the number of codes, the dictionaries and
+        the code a None column stands for."""
+        n = batch.num_rows
+        cols = {name: batch.column(name) if name in batch.schema.names else pa.nulls(n, MESSAGES.field(name).type) for name in INPUT_COLUMNS}
+        local, sizes, dictionaries, constant = {}, {}, {}, {}
+        for name in self._vocab:
+            local[name], dictionaries[name] = _dictionary(cols[name], self._scratch.array(f"codes:{name}", n, np.int32))
+            sizes[name] = len(dictionaries[name]) + 1
+            constant[name] = len(dictionaries[name])
+        null_sender = cols["null_sender"]
+        if null_sender.null_count == n and "p1_sender" in batch.schema.names:
+            # a table built by hand, without the derived column: derive it here
+            p1 = batch.column("p1_sender")
+            null_sender = pc.equal(pc.binary_length(p1.cast(pa.string()) if pa.types.is_dictionary(p1.type) else p1), 0)
+        for name, col in (("null_sender", null_sender), ("logged_by_exo", cols["logged_by_exo"]), ("is_ndr", cols["is_ndr"])):
+            local[name], sizes[name], constant[name] = _bool_code(col), 4, 3
+        return local, sizes, dictionaries, constant
 
     def _zeros(self, n: int) -> pa.Array:
         """n int32 zeros, shared by every batch (Arrow arrays are immutable)."""
