@@ -146,7 +146,12 @@ def _split(block: bytes, enc: str) -> pa.Array:
 
 def _split_utf8(block: bytes) -> pa.Array | None:
     """Byte-level split: newline positions -> offsets; the newline (and a '\\r' before it) are
-    dropped from the data. None when the block is not valid UTF-8 (the caller decodes it)."""
+    dropped from the data (blocks without '\\r\\n' take _split_lf). None when the block is not
+    valid UTF-8 (the caller decodes it)."""
+    if len(block) >= (1 << 31):
+        return None
+    if b"\r\n" not in block:
+        return _split_lf(block)
     raw = np.frombuffer(block, np.uint8)
     nl = np.flatnonzero(raw == 10)
     n = len(nl)
@@ -156,8 +161,6 @@ def _split_utf8(block: bytes) -> pa.Array | None:
     end = nl.copy()
     cr = (end > begin) & (raw[np.maximum(end - 1, 0)] == 13)
     end[cr] -= 1
-    if len(raw) >= (1 << 31):
-        return None
     keep = np.ones(len(raw), dtype=bool)
     keep[nl] = False
     keep[end[cr]] = False
@@ -170,6 +173,17 @@ def _split_utf8(block: bytes) -> pa.Array | None:
     except pa.ArrowInvalid:
         return None
     return lines
+
+
+def _split_lf(block: bytes) -> pa.Array | None:
+    """The usual case, '\\n' line ends only: Arrow's split of the block as one binary value
+    (one pass in C++, twice as fast as a numpy mask and compress), UTF-8 checked by the cast."""
+    whole = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(
+        np.array([0, len(block) - 1], np.int32)), pa.py_buffer(block)])
+    try:
+        return pc.list_flatten(pc.split_pattern(whole, "\n")).cast(_STR)
+    except pa.ArrowInvalid:
+        return None
 
 
 def local_to_utc(naive: pa.Array, tz: tzinfo | None) -> pa.Array:
@@ -262,8 +276,8 @@ def _syslog_stamp(pre: pa.Array, year: int) -> pa.Array:
     return pc.coalesce(iso, rfc_txt, pa.scalar("-", _STR))
 
 
-def _join_split_parts(lines: pa.Array, host: pa.Array, pid: pa.Array, part: pa.Array,
-                      state: dict) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _join_split_parts(lines: pa.Array, host: pa.Array, pid: pa.Array, part: pa.Array
+                      ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Glue syslog [n/m] parts back onto part 1 (Exim log.c write_syslog: 870-character pieces;
     a '\\' separator means the piece ended at an embedded newline). Only the few split lines
     are touched, so a Python loop over them is cheap.
@@ -280,11 +294,10 @@ def _join_split_parts(lines: pa.Array, host: pa.Array, pid: pa.Array, part: pa.A
     marks = part.take(take).to_pylist()
     keys = zip(host.take(take).to_pylist(), pid.take(take).to_pylist(), strict=True)
     glued: dict[int, str] = {}
-    # Per block (blocks are parsed on worker threads): a part 1 in one block and its part 2 in
-    # the next is a known limit; with the default 64 MiB blocks it is one line in millions.
-    state = {}
+    # Parse slices never cut a group (_whole_split_groups), so its parts are all in this one.
+    state: dict[tuple, tuple[int, str]] = {}
     for i, text, mark, key in zip(idx.tolist(), texts, marks, keys, strict=True):
-        n, sep = re.match(r"(\d+)([/\\])", mark).groups()
+        n, sep, m = re.match(r"(\d+)([/\\])(\d+)", mark).groups()
         if n == "1":
             glued[i] = text
             state[key] = (i, sep)
@@ -295,6 +308,8 @@ def _join_split_parts(lines: pa.Array, host: pa.Array, pid: pa.Array, part: pa.A
             joined[i] = True
         else:
             lost[i] = True
+        if n == m:  # the last part closes the group: a later stray part is not glued on
+            state.pop(key, None)
     first = np.array(sorted(glued), dtype=np.int64)
     mask = np.zeros(len(lines), dtype=bool)
     mask[first] = True
@@ -417,10 +432,9 @@ def _gather(data: np.ndarray, start: np.ndarray, stop: np.ndarray) -> pa.Array:
         data = np.concatenate([data, np.zeros(16, np.uint8)])
     # Inline bytes (short values) or a 4-byte prefix + offset (long ones), per the Arrow spec.
     rows = np.flatnonzero(length > 0)
-    idx = np.minimum(start[rows, None] + np.arange(12), len(data) - 1)
-    head = data[idx]
-    head[np.arange(12)[None, :] >= np.where(short[rows], length[rows], 4)[:, None]] = 0
-    raw[rows, 4:16] = head
+    head = _windows(data, start[rows], 12).view(np.uint32)
+    head &= _HEAD_MASKS[np.where(short[rows], length[rows], 4)]
+    raw[rows, 4:16] = head.view(np.uint8)
     views[~short, 2] = 0
     views[~short, 3] = start[~short]
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
@@ -430,12 +444,28 @@ def _gather(data: np.ndarray, start: np.ndarray, stop: np.ndarray) -> pa.Array:
     return arr.cast(_STR)
 
 
+# Per value length 0..12: which of the 12 inline bytes of a string view it keeps, as 3 words.
+_HEAD_MASKS = (np.arange(12)[None, :] < np.arange(13)[:, None]).astype(np.uint8) * 255
+_HEAD_MASKS = np.ascontiguousarray(_HEAD_MASKS).view(np.uint32)
+
+
+def _windows(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """(len(start), width) bytes data[start + k], the last byte repeated past the end. Rows of
+    a sliding window view are gathered whole: one index per row, not one per byte."""
+    last = len(data) - width
+    if last < 0:
+        return data[np.minimum(start[:, None] + np.arange(width), len(data) - 1)]
+    out = np.lib.stride_tricks.sliding_window_view(data, width)[np.minimum(start, last)]
+    near_end = np.flatnonzero(start > last)
+    if len(near_end):
+        out[near_end] = data[np.minimum(start[near_end, None] + np.arange(width), len(data) - 1)]
+    return out
+
+
 def _fixed_bytes(offsets: np.ndarray, data: np.ndarray, width: int) -> np.ndarray:
     """(rows, width) matrix of each row's first bytes. Past a row's end it holds the next row's
     bytes: callers check the row length for every position they read."""
-    idx = offsets[:-1, None] + np.arange(width, dtype=np.int32)
-    np.minimum(idx, len(data) - 1, out=idx)
-    return data[idx]
+    return _windows(data, offsets[:-1], width)
 
 
 def _plain_exim(lines: pa.Array, tz: tzinfo | None) -> dict | None:
@@ -568,16 +598,18 @@ class _Text:
         nxt = np.where(j < len(sp), sp[np.minimum(j, len(sp) - 1)], np.iinfo(np.int64).max)
         return np.minimum(nxt, self.end)
 
-    def word_after(self, key: bytes) -> pa.Array:
-        """`key(?P<v>\\S+)`: the value after the first key, up to the next space."""
-        pos = self.find(key)
+    def word_after(self, key: bytes, rows: np.ndarray) -> pa.Array:
+        """`key(?P<v>\\S+)`: the value after the first key, up to the next space, in the rows
+        of the `rows` mask (null elsewhere: no value is cut out only to be dropped)."""
+        pos = np.where(rows, self.find(key), -1)
         start = np.where(pos >= 0, pos + len(key), -1)
         stop = self.until_space(np.maximum(start, 0))
         return _gather(self.data, np.where(stop > start, start, -1), stop)
 
-    def quoted_after(self, key: bytes) -> pa.Array:
-        """`key="(?P<v>...)"` (key without the quote): the quoted value's content."""
-        pos = self.find(key)
+    def quoted_after(self, key: bytes, rows: np.ndarray) -> pa.Array:
+        """`key="(?P<v>...)"` (key without the quote): the quoted value's content, in the rows
+        of the `rows` mask (null elsewhere)."""
+        pos = np.where(rows, self.find(key), -1)
         opener = np.where(pos >= 0, pos + len(key), -1)
         i = np.searchsorted(self.openers, opener)
         hit = (pos >= 0) & (i < len(self.openers))
@@ -617,14 +649,14 @@ def _by_regex(t: _Text, rows: np.ndarray, pattern: str, unquote: bool) -> pa.Arr
 def _address_at(t: _Text, rows: np.ndarray, quoted_pattern: str, nonempty: bool) -> pa.Array:
     """The address right after the flag ('<= a@b', '=> a@b'); '"local part"@domain' by regex."""
     n = len(t.begin)
-    start = np.full(n, -1, dtype=np.int64)
-    start[rows] = t.begin[rows] + 3
-    stop = t.until_space(np.maximum(start, 0))
+    first = t.begin[rows] + 3
+    last = np.minimum(t.next_at(32, first), t.end[rows])  # until_space, for `rows` only
     quoted = np.zeros(n, dtype=bool)
-    quoted[rows] = t.data[np.minimum(start[rows], len(t.data) - 1)] == 34
-    quoted[rows] &= stop[rows] > start[rows]
-    if nonempty:
-        start = np.where(stop > start, start, -1)
+    quoted[rows] = (t.data[np.minimum(first, len(t.data) - 1)] == 34) & (last > first)
+    start = np.full(n, -1, dtype=np.int64)
+    stop = np.zeros(n, dtype=np.int64)
+    start[rows] = np.where(last > first, first, -1) if nonempty else first
+    stop[rows] = last
     out = _gather(t.data, np.where(quoted, -1, start), stop)
     qrows = np.flatnonzero(quoted)
     if len(qrows):
@@ -638,10 +670,12 @@ def _for_list(t: _Text, rows: np.ndarray) -> pa.Array:
     n = len(t.begin)
     eq = t.positions(61)
     eq = eq[~t.quoted(eq)]
+    # Per row, the last unquoted '=' before its end: one search per row, not one per '='.
     last_eq = np.full(n, -1, dtype=np.int64)
     if len(eq):
-        row = t.row_of(eq)
-        np.maximum.at(last_eq, row, eq)
+        j = np.searchsorted(eq, t.end) - 1
+        before = eq[np.maximum(j, 0)]
+        last_eq = np.where((j >= 0) & (before >= t.begin), before, -1)
     c = t.spaces
     c = c[c + 5 < len(d)]
     c = c[(d[c + 1] == 102) & (d[c + 2] == 111) & (d[c + 3] == 114) & (d[c + 4] == 32)]
@@ -703,7 +737,6 @@ def _fields_fast(t: _Text, kind: np.ndarray) -> dict[str, pa.Array]:
     """The message fields (same meaning as the per-field regexes of _fields), found with the
     byte kernels; regexes run only on failures/deferrals, rejections and odd rows."""
     n = len(kind)
-    null = pa.nulls(n, _STR)
     arrival = np.flatnonzero(kind == ARRIVAL)
     delivery = np.flatnonzero(np.isin(kind, [DELIVERED, ALSO_DELIVERED, FAILED, DEFERRED]))
     failed_or_deferred = np.flatnonzero(np.isin(kind, [FAILED, DEFERRED]))
@@ -711,20 +744,17 @@ def _fields_fast(t: _Text, kind: np.ndarray) -> dict[str, pa.Array]:
     is_arrival = kind == ARRIVAL
     is_delivery = np.isin(kind, [DELIVERED, ALSO_DELIVERED, FAILED, DEFERRED])
 
-    def only(arr: pa.Array, mask: np.ndarray) -> pa.Array:
-        return pc.if_else(pa.array(mask), arr, null) if not mask.all() else arr
-
     out: dict[str, pa.Array] = {}
     out["p1_sender"] = _address_at(t, arrival, r'^<= (?P<v>"[^"]*"@\S+|\S*)', nonempty=False)
-    out["bounce_of"] = only(t.word_after(b" R="), is_arrival)
-    size = only(t.word_after(b" S="), is_arrival)
+    out["bounce_of"] = t.word_after(b" R=", is_arrival)
+    size = t.word_after(b" S=", is_arrival)
     digits = pc.fill_null(pc.utf8_is_decimal(size), True).to_numpy(zero_copy_only=False)
     if not digits.all():  # "S=12abc": the regex took the leading digits only
         odd = np.flatnonzero(~digits)
         size = _scatter(n, odd, extract(size.take(pa.array(odd)), r"^(?P<v>\d+)"), size)
     out["size"] = size
-    out["message_id"] = only(t.word_after(b" id="), is_arrival)
-    out["subject"] = only(t.quoted_after(b" T="), is_arrival)
+    out["message_id"] = t.word_after(b" id=", is_arrival)
+    out["subject"] = t.quoted_after(b" T=", is_arrival)
     out["for_list"] = _for_list(t, arrival)
     # H= on arrivals is the client; only the final [ip] is reliable (Exim spec, "Reception").
     h_pos = t.find(b" H=")
@@ -751,7 +781,7 @@ def _fields_fast(t: _Text, kind: np.ndarray) -> dict[str, pa.Array]:
     wanted[delivery] = True
     out["delivery_sender"] = _gather(t.data, np.where(wanted & (fp >= 0) & (gt < t.end), fp + 4,
                                                       -1), gt)
-    out["confirmation"] = only(t.quoted_after(b" C="), is_delivery)
+    out["confirmation"] = t.quoted_after(b" C=", is_delivery)
     # Failures and deferrals (a minority): their reply text by the regexes of _fields.
     fd_text = _unquoted(t.sub(t.begin[failed_or_deferred], t.end[failed_or_deferred]))
     out["error"] = _scatter(n, failed_or_deferred,
@@ -1051,19 +1081,16 @@ def _read_host(files: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBat
                 yield batch
 
         for file_idx, src in enumerate(files):
-            split_state: dict = {}
             year = _year_of(src, ctx)
-            for first_line, block in iter_line_blocks(src, ctx.options.chunk_bytes):
-                for offset, lines in _slices(block):
-                    events = _Deferred(ctx.options)
-                    events.lines_read(src.name, NAME, len(lines))
-                    pending.append((pool.submit(_parse_block, lines, first_line + offset,
-                                                file_idx, src, events, year, split_state),
-                                    events))
-                    del lines
-                    while len(pending) >= PARSE_AHEAD:
-                        yield from settle()
-                del block
+            blocks = iter_line_blocks(src, ctx.options.chunk_bytes)
+            for first_line, lines in _whole_split_groups(blocks):
+                events = _Deferred(ctx.options)
+                events.lines_read(src.name, NAME, len(lines))
+                pending.append((pool.submit(_parse_block, lines, first_line, file_idx, src,
+                                            events, year), events))
+                del lines
+                while len(pending) >= PARSE_AHEAD:
+                    yield from settle()
         while pending:
             yield from settle()
     if carry is not None and carry.num_rows:
@@ -1080,6 +1107,56 @@ def _slices(block: pa.Array) -> Iterator[tuple[int, pa.Array]]:
     step = max(1, int(len(block) * PARSE_BYTES / size)) if size > PARSE_BYTES else len(block)
     for offset in range(0, len(block), max(step, 1)):
         yield offset, block.slice(offset, step)
+
+
+# How far back from a slice end an open syslog [n/m] group is looked for. Exim writes the parts
+# of one line back to back; only lines of other processes can come between them.
+SPLIT_TAIL = 1024
+
+
+def _whole_split_groups(blocks: Iterator[tuple[int, pa.Array]]
+                        ) -> Iterator[tuple[int, pa.Array]]:
+    """(first line number, lines) parse slices of one file, cut so that no syslog [n/m] group
+    straddles two of them: slices are parsed apart on worker threads, and the parts can only be
+    joined within one. The lines from the start of a group still open at a slice end are
+    carried to the front of the next slice (at most SPLIT_TAIL lines; a copy only then)."""
+    carry: pa.Array | None = None
+    carry_line = 1
+    for first_line, block in blocks:
+        for offset, lines in _slices(block):
+            start = first_line + offset
+            if carry is not None:
+                lines, start = pa.concat_arrays([carry, lines]), carry_line
+            cut = _open_split_group(lines)
+            if cut:
+                yield start, lines.slice(0, cut)
+            carry = lines.slice(cut) if cut < len(lines) else None
+            carry_line = start + cut
+    if carry is not None:
+        yield carry_line, carry
+
+
+def _open_split_group(lines: pa.Array) -> int:
+    """Index of the first line of the earliest [n/m] group whose last part is not among the
+    last SPLIT_TAIL lines (len(lines) when none is open). Groups are keyed by syslog host and
+    pid as _join_split_parts keys them; a loop over the few split lines of the tail only."""
+    first = max(0, len(lines) - SPLIT_TAIL)
+    tail = lines.slice(first)
+    marked = _mask(pc.match_substring_regex(tail, r"exim\d?(?:\[\d+\])?: \[\d+[/\\]\d+\] "))
+    idx = np.flatnonzero(marked.to_numpy(zero_copy_only=False))
+    if not len(idx):
+        return len(lines)
+    m = pc.extract_regex(tail.take(pa.array(idx)), _SYSLOG)
+    ok = pc.is_valid(m).to_numpy(zero_copy_only=False)
+    idx, m = idx[ok], m.filter(pa.array(ok))
+    opened: dict[tuple, int] = {}
+    for i, host, pid, part, parts in zip(idx.tolist(), *(
+            m.field(f).to_pylist() for f in ("host", "pid", "part", "parts")), strict=True):
+        if part == "1":
+            opened[(host, pid)] = first + i
+        if part == parts:
+            opened.pop((host, pid), None)
+    return min(opened.values(), default=len(lines))
 
 
 class _Deferred:
@@ -1114,7 +1191,7 @@ def _skip_orphans(orphans: pa.Table, files: list[Source], ctx: IngestContext) ->
 
 
 def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
-                 ctx: IngestContext, year: int, split_state: dict) -> pa.Table:
+                 ctx: IngestContext, year: int) -> pa.Table:
     """Per-line records of one block: plain Exim lines by fixed offsets, the rest (syslog,
     decorated timestamps, lines without a message id) by the general path."""
     n = len(lines)
@@ -1137,7 +1214,7 @@ def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
         raws.append(np.flatnonzero(fast))
     if not fast.all():
         idx = np.flatnonzero(~fast)
-        slow = _parse_slow(lines.take(pa.array(idx)), numbers[idx], src, ctx, year, split_state)
+        slow = _parse_slow(lines.take(pa.array(idx)), numbers[idx], src, ctx, year)
         texts.append(slow["text"])
         tstarts.append(np.zeros(len(slow["kind"]), dtype=np.int64))
         kinds.append(slow["kind"])
@@ -1152,7 +1229,7 @@ def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
                                      np.zeros(0, np.int8)),
                         np.zeros(0, np.int8), np.zeros(0, dtype=bool), file_idx,
                         np.zeros(0, np.int64), pa.nulls(0, _STR))
-    text = pa.concat_arrays([t.cast(_STR) for t in texts])
+    text = _concat_pieces(texts)
     kind = np.concatenate(kinds)
     numbers = np.concatenate(nums)
     raw_idx = np.concatenate(raws)
@@ -1165,10 +1242,19 @@ def _parse_block(lines: pa.Array, first_line: int, file_idx: int, src: Source,
                          "arrival line '<=' without a sender address",
                          lines.take(pa.array(raw_idx[bad])))
         kind[broken] = -5
-    cols = {"ts": pa.concat_arrays(stamps), "queue_id": pa.concat_arrays(
-        [q.cast(_STR) for q in qids])}
-    host = pa.concat_arrays([h.cast(_STR) for h in hosts])
+    cols = {"ts": _concat_pieces(stamps), "queue_id": _concat_pieces(qids)}
+    host = _concat_pieces(hosts)
     return _records(cols, f, kind, kind >= 0, file_idx, numbers, host)
+
+
+def _concat_pieces(pieces: list[pa.Array]) -> pa.Array:
+    """The fast-path and general-path pieces of one column as one array. Without a copy when
+    only one piece has rows: in a plain mainlog the general path keeps no line (its daemon
+    lines are skipped), and copying the text of a whole slice again costs as much as a field."""
+    typ = pieces[0].type if pa.types.is_timestamp(pieces[0].type) else _STR
+    pieces = [p.cast(typ) for p in pieces]
+    filled = [p for p in pieces if len(p)]
+    return filled[0] if len(filled) == 1 else pa.concat_arrays(pieces)
 
 
 def _mark_rejected_after_data(text: pa.Array, kind: np.ndarray) -> None:
@@ -1183,12 +1269,12 @@ def _mark_rejected_after_data(text: pa.Array, kind: np.ndarray) -> None:
 
 
 def _parse_slow(lines: pa.Array, numbers: np.ndarray, src: Source, ctx: IngestContext,
-                year: int, split_state: dict) -> dict:
+                year: int) -> dict:
     """The general path: syslog wrappers, split parts, decorated timestamps, daemon lines.
     Accounts for the lines that take no part in correlation; returns the message lines."""
     blank = _mask(pc.equal(pc.utf8_trim_whitespace(lines), "")).to_numpy(zero_copy_only=False)
     plain, host, pid, part = _strip_syslog(lines, year)
-    plain, cont, lost = _join_split_parts(plain, host, pid, part, split_state)
+    plain, cont, lost = _join_split_parts(plain, host, pid, part)
     cols, kind, _body = _parse_lines(plain, ctx.options.tz)
     kind[blank] = -3
     kind[cont | lost] = -4

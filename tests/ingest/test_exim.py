@@ -159,6 +159,68 @@ def test_message_spanning_blocks_is_carried(sample_logs):
     assert_every_line_accounted(ctx)
 
 
+def _syslog_split_log(path: Path, messages: int = 6) -> Path:
+    """Syslog-fed mainlog whose deliveries Exim split into [1/3] [2/3] [3/3] parts, with a line
+    of another process between two parts and one part ending at an embedded newline ('\\')."""
+    out = []
+    for n in range(messages):
+        qid = f"1vQxcM-00000000E{n:02d}-0001"
+        t = f"2026-03-02 11:02:{n:02d}"
+        pre = f"Mar  2 11:02:{n:02d} mailhub exim[{3000 + n}]: "
+        out.append(f"{pre}{t} {qid} <= app@contoso.com H=app01 [203.0.113.7]:4000 S={100 + n}")
+        out.append(f"{pre}[1/3] {t} {qid} => u{n}@fabrikam.com R=smarthost T=remote_smtp "
+                   f'H=contoso-com.mail.protection.outlook.com [192.0.2.210] C="250 2.6.0 {"x" * 40}')
+        out.append(f"Mar  2 11:02:{n:02d} mailhub exim[9{n:03d}]: {t} SMTP connection from "
+                   "[203.0.113.9]:40000 closed by QUIT")
+        out.append(f"{pre}[2\\3]  {'y' * 30}")
+        out.append(f'{pre}[3/3]  Queued mail for delivery {n}"')
+        out.append(f"{pre}{t} {qid} Completed")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_split_parts_are_joined_whatever_the_block_and_slice_size(tmp_path, monkeypatch):
+    log = _syslog_split_log(tmp_path / "mainlog")
+    whole, whole_ctx, whole_rejected = run([log], host=None, year=2026)
+    assert len(whole) == 6 and not whole_rejected
+    first = by_queue_id(whole)["1vQxcM-00000000E00-0001"]
+    assert first["response"] == f"250 2.6.0 {'x' * 40} {'y' * 30}  Queued mail for delivery 0"
+    counts = whole_ctx.accounting.files[str(log)]
+    assert counts["skipped"]["syslog continuation part [n/m] (joined to part 1)"] == 12
+    assert not any("part 1 is not in the log" in reason for reason in counts["skipped"])
+    key = lambda rows: sorted(rows, key=lambda r: r["source_line"])  # noqa: E731
+    # Block cuts (chunk_bytes) everywhere in the file, then slices of about one line
+    # (a block is cut into parse slices of about PARSE_BYTES).
+    sizes = [(1 << 23, chunk) for chunk in range(exim.MIN_READ, 1500, 67)]
+    sizes += [(150, chunk) for chunk in (exim.MIN_READ, 900)]
+    for parse_bytes, chunk in sizes:
+        monkeypatch.setattr(exim, "PARSE_BYTES", parse_bytes)
+        rows, ctx, rejected = run([log], host=None, year=2026, chunk_bytes=chunk)
+        assert key(rows) == key(whole), (parse_bytes, chunk)
+        assert ctx.accounting.files == whole_ctx.accounting.files, (parse_bytes, chunk)
+        assert not rejected
+
+
+def test_a_closed_split_group_takes_no_later_stray_part(tmp_path):
+    """After [2/2] the group is complete: a later '[2/2]' of the same process (its part 1 lost
+    by syslog) is counted as orphaned, not glued onto the finished line."""
+    pre = "Mar  2 11:02:15 mailhub exim[3013]: "
+    log = tmp_path / "mainlog"
+    log.write_text(
+        f"{pre}[1/2] 2026-03-02 11:02:15 1vQxcM-00000000E4n-0001 => a@fabrikam.com R=smarthost "
+        'T=remote_smtp H=contoso-com.mail.protection.outlook.com [192.0.2.210] C="250 2.6.0 Queued\n'
+        f'{pre}[2/2]  for delivery"\n'
+        f"{pre}[2/2]  stray tail of a line whose part 1 syslog dropped\n")
+    rows, ctx, rejected = run([log], host=None, year=2026)
+    assert not rejected
+    (row,) = rows
+    assert row["response"] == "250 2.6.0 Queued for delivery"
+    skipped = ctx.accounting.files[str(log)]["skipped"]
+    assert skipped["syslog continuation part [n/m] (joined to part 1)"] == 1
+    assert sum(v for k, v in skipped.items() if "part 1 is not in the log" in k) == 1
+    assert_every_line_accounted(ctx)
+
+
 def test_rotated_files_in_any_order_are_correlated(tmp_path):
     lines = (DATA / "deferral.log").read_text().splitlines(keepends=True)
     older, newer = tmp_path / "mainlog.1.gz", tmp_path / "mainlog"
