@@ -271,31 +271,38 @@ def _blocks_of(
             _apply_header(buf[starts[cuts[k - 1]] : ends[cuts[k - 1]]], state)
         if hi <= lo:
             continue
-        recs = np.flatnonzero(data_start[lo:hi]) + lo
-        if not len(recs):
+        # Lines with text: every one is in a record. Those before the run's first record start
+        # are there only because a stray quote (say in a header line) left the quotes unbalanced.
+        body = np.flatnonzero(ends[lo:hi] > starts[lo:hi]) + lo
+        if not len(body):
             continue
-        # physical lines per record: up to the next record start / blank / header in the run
-        nxt = np.concatenate([recs[1:], [hi]])
-        span = nxt - recs
-        # blank lines between records inside a run were counted as skipped already
-        trailing_blank = np.add.reduceat(blank[lo:hi].astype(np.int64), recs - lo) if len(recs) else 0
-        span = span - trailing_blank
-        data = buf[starts[recs[0]] : (starts[hi] if hi < n else len(buf))]
-        data_line = first_line + int(recs[0])
+        recs = np.flatnonzero(data_start[lo:hi]) + lo
+        stray = not len(recs) or body[0] < recs[0]
+        if not stray:
+            # physical lines per record: up to the next record start / blank / header in the run
+            nxt = np.concatenate([recs[1:], [hi]])
+            span = nxt - recs
+            # blank lines between records inside a run were counted as skipped already
+            span = span - np.add.reduceat(blank[lo:hi].astype(np.int64), recs - lo)
+        data = buf[starts[body[0]] : (starts[hi] if hi < n else len(buf))]
+        data_line = first_line + int(body[0])
         fields = state["fields"]
         if fields is None:
-            fields = _guess_fields(buf[starts[recs[0]] : ends[recs[0]]], default_fields)
+            fields = _guess_fields(buf[starts[body[0]] : ends[body[0]]], default_fields)
             if fields is None:
                 raise InputFormatError(
-                    f"{src.name}: line {first_line + recs[0]}: data before any #Fields: line; "
+                    f"{src.name}: line {data_line}: data before any #Fields: line; "
                     f"expected {expected}"
                 )
         state["seen_data"] = True
-        # If a stray quote fooled the record finder, parse the run one line per record instead.
-        plain = np.flatnonzero(~blank[lo:hi]) + lo
-        fallback = (plain + first_line, np.ones(len(plain), dtype=np.int64))
+        # If a stray quote fooled the record finder, parse the run one line per record instead
+        # (the reader then skips empty lines that seemed to be inside a quoted value).
+        fallback = (body + first_line, np.ones(len(body), dtype=np.int64),
+                    int((hi - lo) - len(body) - blank[lo:hi].sum()))
+        if stray:
+            recs, span = fallback[0] - first_line, fallback[1]
         yield from _parse_run(data, fields, recs + first_line, span, src, ctx, fmt, state,
-                              fallback, data_line)
+                              fallback, data_line, newlines=not stray)
     if len(cuts) and cuts[-1] >= 0:
         _apply_header(buf[starts[cuts[-1]] : ends[cuts[-1]]], state)
 
@@ -348,10 +355,16 @@ def _read_csv(
 def _parse_run(
     data: bytes, fields: list[str], rec_lines: np.ndarray, span: np.ndarray,
     src: Source, ctx: IngestContext, fmt: str, state: dict,
-    fallback: tuple[np.ndarray, np.ndarray], data_line: int,
+    fallback: tuple[np.ndarray, np.ndarray, int], data_line: int, newlines: bool = True,
 ) -> Iterator[Block]:
+    """One run of records under one #Fields line as a Block. `fallback` is (line, span) with
+    one line per record, and the number of empty lines that reading drops: used when quotes
+    are unbalanced (newlines=False from the start, or when the rows do not come out as
+    counted)."""
     invalid: list = []
-    newlines = True
+    if not newlines:
+        ctx.skipped(src.name, fmt, "blank line", fallback[2])
+        data, rec_lines, span = _drop_unbalanced(data, data_line, fallback[:2], src, ctx, fmt)
 
     def on_invalid(row) -> str:
         invalid.append(row)
@@ -359,15 +372,16 @@ def _parse_run(
 
     spec = state["spec"]
     try:
-        table = _read_csv(data, fields, True, on_invalid, spec)
+        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
     except pa.ArrowInvalid:
         # Not UTF-8 (protocol logs are sometimes written in the server's ANSI code page):
         # replace undecodable bytes; line structure is unchanged.
         data = data.decode("utf-8", errors="replace").encode("utf-8")
         invalid.clear()
-        table = _read_csv(data, fields, True, on_invalid, spec)
-    if table.num_rows + len(invalid) != len(rec_lines):
-        rec_lines, span = fallback
+        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
+    if newlines and table.num_rows + len(invalid) != len(rec_lines):
+        ctx.skipped(src.name, fmt, "blank line", fallback[2])
+        data, rec_lines, span = _drop_unbalanced(data, data_line, fallback[:2], src, ctx, fmt)
         newlines = False
         invalid.clear()
         table = _read_csv(data, fields, True, on_invalid, spec, newlines)
@@ -393,6 +407,32 @@ def _parse_run(
             f"{src.name}: could not align CSV rows with lines near line {int(rec_lines[0])}"
         )
     yield Block(table, lines, nlines, dict(state["headers"]), data, data_line)
+
+
+def _drop_unbalanced(data: bytes | memoryview, data_line: int,
+                     one_per_line: tuple[np.ndarray, np.ndarray], src: Source,
+                     ctx: IngestContext, fmt: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Read one line per record: a line with an odd number of quotes opens a value it never
+    closes (the CSV reader would run it on into the next lines), so it is rejected and emptied
+    in `data`, which keeps its line numbering. Returns (data, record lines, spans)."""
+    lines, span = one_per_line
+    starts, ends, qcount = _line_table(bytes(data))
+    rel = lines - data_line
+    odd = qcount[rel] % 2 == 1
+    if not odd.any():
+        return data, lines, span
+    raw = bytes(data)
+    bad = rel[odd]
+    ctx.reject_lines(fmt, src.name, lines[odd].tolist(),
+                     "unbalanced double quote: a quoted value that never closes",
+                     [raw[a:b].decode("utf-8", errors="replace")
+                      for a, b in zip(starts[bad].tolist(), ends[bad].tolist(), strict=True)])
+    # Bytes of the rejected lines (not their line ends) drop out: an empty line stays.
+    delta = np.zeros(len(raw) + 1, dtype=np.int8)
+    np.add.at(delta, starts[bad], 1)
+    np.add.at(delta, ends[bad], -1)
+    keep = np.cumsum(delta[:-1]) == 0
+    return np.frombuffer(raw, dtype=np.uint8)[keep].tobytes(), lines[~odd], span[~odd]
 
 
 def read_ahead(items: Iterator[T]) -> Iterator[T]:

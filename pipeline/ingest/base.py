@@ -112,6 +112,39 @@ def text_stream(source: Source) -> tuple[IO[str], str]:
     return io.TextIOWrapper(source.open(), encoding=enc, errors="replace", newline=""), enc
 
 
+class _Utf8Bytes(io.RawIOBase):
+    """A text stream served as UTF-8 bytes."""
+
+    def __init__(self, text: IO[str]):
+        self._text = text
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._pending:
+            piece = self._text.read(1 << 20)
+            self._pending = memoryview(piece.encode("utf-8", errors="replace"))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._text.close()
+        super().close()
+
+
+def utf8_stream(source: Source) -> IO[bytes]:
+    """The source as clean UTF-8 bytes whatever its encoding, a BOM dropped and undecodable
+    bytes replaced: pyarrow's CSV reader stops the whole file at one invalid byte (it
+    validates UTF-8 strictly and decodes other encodings strictly), and a report export that a
+    tool re-saved may hold one."""
+    text, _enc = text_stream(source)
+    return io.BufferedReader(_Utf8Bytes(text), 1 << 20)
+
+
 @dataclass
 class Accounting:
     """Where every input line went. read == parsed + skipped + rejected, per file and in total."""

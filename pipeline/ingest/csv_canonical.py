@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 from ..errors import InputFormatError
 from ..normalize import parse_iso_utc, split_list
 from ..schema import MESSAGES
-from .base import IngestContext, Source, decode_head, make_messages, sniff_encoding
+from .base import IngestContext, Source, decode_head, make_messages, utf8_stream
 
 NAME = "csv"
 DESCRIPTION = "canonical CSV: a header row naming messages columns, including p1_sender"
@@ -151,11 +151,10 @@ def _read_one(src: Source, ctx: IngestContext) -> Iterator[pa.RecordBatch]:
         invalid[row.number] = row.text
         return "skip"
 
-    enc = sniff_encoding(head)
     reader = pacsv.open_csv(
-        src.open(),
+        utf8_stream(src),
         read_options=pacsv.ReadOptions(
-            use_threads=False, encoding=enc.replace("-sig", ""), block_size=8 << 20
+            use_threads=False, block_size=8 << 20
         ),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(

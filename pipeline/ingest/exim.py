@@ -510,6 +510,11 @@ def _plain_exim(lines: pa.Array, tz: tzinfo | None) -> dict | None:
     return {"ok": ok, "tstart": tstart, "kind": kind, "ts": ts, "queue_id": qid}
 
 
+# "Not found" for byte searches: past any text, yet callers may still add a few bytes to it
+# (int64's maximum would wrap to a negative index).
+NEVER = 1 << 62
+
+
 class _Text:
     """Rows of Exim text (from `begin`, to the row end) as bytes, with the quoted values
     (`key="..."`, '\\\\' escapes) that hide spaces, '=' and ' for ' from the field search."""
@@ -585,9 +590,9 @@ class _Text:
         """Per position: where `byte` next occurs at or after it (a large number if never)."""
         at = self.positions(byte)
         if not len(at):
-            return np.full(len(start), np.iinfo(np.int64).max, dtype=np.int64)
+            return np.full(len(start), NEVER, dtype=np.int64)
         j = np.searchsorted(at, start)
-        return np.where(j < len(at), at[np.minimum(j, len(at) - 1)], np.iinfo(np.int64).max)
+        return np.where(j < len(at), at[np.minimum(j, len(at) - 1)], NEVER)
 
     def until_space(self, start: np.ndarray) -> np.ndarray:
         """End of the value that starts at `start`: the next space or the row end."""
@@ -595,7 +600,7 @@ class _Text:
         if not len(sp):
             return self.end.copy()
         j = np.searchsorted(sp, start)
-        nxt = np.where(j < len(sp), sp[np.minimum(j, len(sp) - 1)], np.iinfo(np.int64).max)
+        nxt = np.where(j < len(sp), sp[np.minimum(j, len(sp) - 1)], NEVER)
         return np.minimum(nxt, self.end)
 
     def word_after(self, key: bytes, rows: np.ndarray) -> pa.Array:

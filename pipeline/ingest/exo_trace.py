@@ -43,7 +43,15 @@ import pyarrow.json as pajson
 from ..errors import InputFormatError
 from ..normalize import extract, parse_iso_utc
 from ..schema import TS
-from .base import IngestContext, Source, decode_head, make_messages, sniff_encoding, text_stream
+from .base import (
+    IngestContext,
+    Source,
+    decode_head,
+    make_messages,
+    sniff_encoding,
+    text_stream,
+    utf8_stream,
+)
 
 NAME = "exo-trace"
 DESCRIPTION = (
@@ -141,7 +149,6 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
             "Received (or date_time_utc), SenderAddress/sender_address/return_path and "
             "RecipientAddress/recipient_status"
         )
-    enc = sniff_encoding(head)
     pos = {name: i for i, name in reversed(list(enumerate(cols)))}
     # Duplicate or empty header names would break the reader: name columns by position.
     names = [f"c{i}" for i in range(len(cols))]
@@ -152,9 +159,9 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
         return "skip"
 
     reader = pacsv.open_csv(
-        src.open(),
+        utf8_stream(src),
         read_options=pacsv.ReadOptions(
-            use_threads=False, encoding=enc.replace("-sig", ""), block_size=8 << 20,
+            use_threads=False, block_size=8 << 20,
             skip_rows=skip + 1, column_names=names,
         ),
         parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),

@@ -58,3 +58,15 @@ def test_utf16_file(tmp_path):
 def test_sample_cases_parse_without_rejects(sample_logs, tmp_path):
     summary = ingest([sample_logs / "canonical" / "cases.csv"], tmp_path / "w")
     assert summary["totals"]["rejected_lines"] == 0 and summary["messages"] > 10
+
+
+def test_an_undecodable_byte_is_replaced_not_fatal(tmp_path):
+    """pyarrow's CSV reader rejects a whole file over one invalid UTF-8 byte; the row keeps
+    its place with a replacement character instead."""
+    p = tmp_path / "cases.csv"
+    p.write_bytes(b"p1_sender,recipients\nbad\xff@contoso.com,a@fabrikam.com\n<>,b@fabrikam.com\n")
+    summary = ingest([p], tmp_path / "w")
+    msgs = pq.read_table(tmp_path / "w" / "messages").to_pylist()
+    assert [m["p1_sender"] for m in msgs] == ["bad\ufffd@contoso.com", ""]
+    assert [m["source_line"] for m in msgs] == [2, 3]
+    assert summary["totals"]["parsed"] == 2

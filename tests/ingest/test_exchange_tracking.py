@@ -138,3 +138,26 @@ def test_bad_date_rejected_with_its_raw_line(tmp_path, test_data):
     assert set(m) == {"7001", "7002"}
     # without its SENDEXTERNAL the application message never left: still open at end of log
     assert m["7001"]["incomplete"] is True and m["7001"]["relay_host"] is None
+
+
+def test_stray_quotes_never_lose_a_line(sample_logs, tmp_path):
+    """A header line with a stray quote leaves the quotes unbalanced for the rest of the file,
+    and a row cut inside a quoted value never closes it. Read one line per record then: the
+    cut row is rejected for its quote, the whole rows still parse, every line is accounted
+    (run() checks), whatever the block size."""
+    lines = (sample_logs / "exchange" / "MSGTRK2026110208-1.LOG").read_bytes().split(b"\n")
+    header, rows = lines[:5], [x for x in lines[5:] if x]
+    cut = rows[1][: rows[1].index(b"Mailbox:")]  # ends inside "MDB:..., Mailbox:..."
+    text = b"\n".join(header + rows[:1] + [b'#Software: Microsoft Exchange Server"', cut]
+                      + rows[2:4] + [b"#Log-type: Message Tracking Log", b""])
+    path = tmp_path / "MSGTRK2026110209-1.LOG"
+    path.write_bytes(text)
+    for chunk in (None, 300, 4096):
+        _rows, rej, ctx = run([path], host="exch01", chunk_bytes=chunk)
+        f = next(iter(ctx.accounting.files.values()))
+        # lines 9 and 10 are messages' events; line 6 is an event without a message id
+        assert f["lines"] == 11 and f["parsed"] == 2, (chunk, f)
+        assert sum(f["skipped"].values()) == 8
+        (reject,) = rej
+        assert reject["source_line"] == 8, (chunk, rej)
+        assert reject["reason"].startswith("unbalanced double quote")

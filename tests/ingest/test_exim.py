@@ -300,3 +300,14 @@ def test_real_testsuite_separator_is_rejected_not_parsed(real_samples, tmp_path)
     _, ctx, rejected = run([src])
     assert [r["raw"] for r in rejected] == ["******** SERVER ********"]
     assert_every_line_accounted(ctx)
+
+
+def test_line_cut_right_after_h_is_read_not_fatal(tmp_path):
+    """The last line of a block cut short after 'H=name' (no space follows anywhere): the
+    byte searches find nothing and must not index out of the text."""
+    log = tmp_path / "mainlog"
+    log.write_text("2026-11-02 11:02:14 1vQxcM-00000000E4n-0001 <= a@contoso.com H=crm01\n")
+    rows, ctx, rejected = run([log])
+    (row,) = rows
+    assert row["p1_sender"] == "a@contoso.com" and row["client_ip"] is None
+    assert_every_line_accounted(ctx)

@@ -167,3 +167,22 @@ def test_line_scan_across_piece_boundaries(tmp_path, monkeypatch):
         monkeypatch.setattr(exo_trace, "_SCAN_PIECE", piece)
         total, blanks = exo_trace._scan_lines(Source(path))
         assert (total, blanks.tolist()) == (8, [2, 4, 5, 7]), piece
+
+
+def test_undecodable_bytes_and_a_truncated_utf16_file_are_not_fatal(tmp_path, sample_logs):
+    """One bad byte (a re-saved export) or a UTF-16 file cut at an odd byte must not stop the
+    file: the reader gets clean UTF-8, undecodable bytes become U+FFFD."""
+    src = sample_logs / "exo-trace" / "MessageTraceV2_2026-11-10_2026-11-20.csv"
+    whole, _, _ = run([src])
+    lines = src.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"@", b"\xff@", 1)
+    bad = tmp_path / "bad_utf8.csv"
+    bad.write_bytes(b"\n".join(lines))
+    rows, rej, _ = run([bad])
+    assert len(rows) == len(whole) and not rej
+    assert sum("\ufffd" in (r["p1_sender"] or "") + (r["p2_sender"] or "")
+               + "".join(r["recipients"] or []) for r in rows) == 1
+    utf16 = tmp_path / "cut_utf16.csv"
+    utf16.write_bytes(b"\xff\xfe" + src.read_bytes().decode("utf-8-sig").encode("utf-16-le")[:-1])
+    rows, _, _ = run([utf16])
+    assert len(rows) == len(whole)
