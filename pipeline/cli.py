@@ -139,13 +139,14 @@ def run(
     _guard(lambda: RuleContext.build(cfg, pack))  # refuse before reading logs, not after
     opts = _options(host, tz, year, dayfirst, date_format)
     progress = _progress(quiet)
-    _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=progress, fresh=fresh))
+    read = _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=progress, fresh=fresh))
     _guard(lambda: lib_evaluate(out, cfg, pack, progress=progress))
     done = _guard(lambda: lib_report(out, _split(report_formats), since=since, until=until))
     if progress:
         sys.stderr.write("\n")
     if not quiet:
         typer.echo(terminal_summary(done["summary"]))
+        _echo_not_read(read)
         typer.echo(f"report: {done['dir']}")
     _alert(done["summary"], wanted, quiet)
 
@@ -167,16 +168,22 @@ def ingest(
     summary = _guard(lambda: lib_ingest(logs, out, config=cfg, fmt=format, options=opts, progress=_progress(quiet), fresh=fresh))
     if not quiet:
         t = summary["this_run"]["totals"]
-        skipped_files = len(summary["this_run"]["files_skipped"])
+        skipped = summary["this_run"]["files_skipped"]
+        before = sum(not why.startswith("not read") for why in skipped.values())
         typer.echo(
-            f"{t['files']} files read ({skipped_files} already read before): {t['lines']} lines, "
+            f"{t['files']} file{'' if t['files'] == 1 else 's'} read ({before} already read before): {t['lines']} lines, "
             f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed; "
             f"{summary['messages']} messages in the WORKDIR"
         )
-        for name, why in summary["this_run"]["files_skipped"].items():
-            if why.startswith("not read"):
-                typer.echo(f"skipped {name}: {why}")
+        _echo_not_read(summary)
         typer.echo(f"messages: {out / 'messages'}")
+
+
+def _echo_not_read(ingest_summary: dict) -> None:
+    """Files of a folder that no format recognised: said, so that nothing vanishes unseen."""
+    for name, why in ingest_summary["this_run"]["files_skipped"].items():
+        if why.startswith("not read"):
+            typer.echo(f"skipped {name}: {why}")
 
 
 @app.command()

@@ -52,6 +52,20 @@ def test_run_ingest_evaluate_report(tmp_path, tenant, cases):
     assert json.loads((out2 / "report" / "summary.json").read_text())["impact"] == summary["impact"]
 
 
+def test_a_file_no_format_recognises_is_named_not_fatal(tmp_path, tenant, cases):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cases.rename(logs / "cases.csv")
+    (logs / "notes.txt").write_text("remember to renew the certificate\n")
+    r = _run("run", logs, "--config", tenant, "--out", tmp_path / "w")
+    assert r.exit_code == 0, r.output
+    assert f"skipped {logs / 'notes.txt'}: not read: not a log format" in r.output
+    r = _run("ingest", logs, "--out", tmp_path / "w2")
+    assert r.exit_code == 0, r.output
+    assert "1 file read (0 already read before): 3 lines, 2 in messages" in r.output
+    assert f"skipped {logs / 'notes.txt'}: not read" in r.output
+
+
 def test_fail_on_exits_3(tmp_path, tenant, cases):
     r = _run("run", cases, "--config", tenant, "--out", tmp_path / "w", "--fail-on", "newly_rejected", "--quiet")
     assert r.exit_code == 3
