@@ -173,7 +173,7 @@ def ingest(
         typer.echo(
             f"{t['files']} file{'' if t['files'] == 1 else 's'} read ({before} already read before): {t['lines']} lines, "
             f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed; "
-            f"{summary['messages']} messages in the WORKDIR"
+            f"{summary['messages']} message{'' if summary['messages'] == 1 else 's'} in the WORKDIR"
         )
         _echo_not_read(summary)
         typer.echo(f"messages: {out / 'messages'}")

@@ -187,13 +187,29 @@ def iter_blocks(
             carry = buf
             continue
         carry = buf[cut:]
+        buf, cut = _valid_utf8(buf, cut)
         yield from _blocks_of_piece(buf, cut, src, ctx, fmt, default_fields, expected, state)
         del buf, chunk  # only the carried tail (usually part of one line) outlives the block
     if carry:
-        yield from _blocks_of_piece(carry, len(carry), src, ctx, fmt, default_fields, expected,
-                                    state)
+        carry, cut = _valid_utf8(carry, len(carry))
+        yield from _blocks_of_piece(carry, cut, src, ctx, fmt, default_fields, expected, state)
     if not state["seen_data"] and state["fields"] is None:
         raise InputFormatError(f"{src.name}: no #Fields: line and no data; expected {expected}")
+
+
+def _valid_utf8(buf: bytes, end: int) -> tuple[bytes, int]:
+    """(buf, end) when buf[:end] is valid UTF-8 (checked by Arrow, no copy), else buf[:end]
+    with undecodable bytes replaced by U+FFFD. Logs written in the server's ANSI code page
+    have such bytes, and pyarrow's CSV reader cannot even hand a row holding one to the
+    invalid-row handler. Line ends are untouched, so line numbers stay right."""
+    whole = pa.Array.from_buffers(pa.binary(), 1, [
+        None, pa.py_buffer(np.array([0, end], dtype=np.int32)), pa.py_buffer(buf)])
+    try:
+        whole.cast(pa.string())
+        return buf, end
+    except pa.ArrowInvalid:
+        fixed = bytes(memoryview(buf)[:end]).decode("utf-8", errors="replace").encode("utf-8")
+        return fixed, len(fixed)
 
 
 def _plain_lines(buf: bytes, end: int) -> int:
