@@ -32,9 +32,13 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -126,21 +130,139 @@ def detect(head: bytes) -> bool:
 
 
 def read(sources: list[Source], ctx: IngestContext) -> Iterator[pa.RecordBatch]:
-    parts = [t for src in sources for t in _read_file(src, ctx)]
+    """Messages of all the exports at once (rows of one message, or repeated by overlapping
+    exports, may sit in different files). Exports larger than PARTITION_BYTES in all are
+    spilled to temporary files by message key and collapsed a partition at a time, so memory
+    follows the partition size, not the size of the exports."""
+    n_parts = -(-sum(_input_bytes(src) for src in sources) // PARTITION_BYTES)
+    rules: dict[str, bool | None] = {}
+    if n_parts <= 1:
+        tables = [t for src in sources for t in _read_file(src, ctx, rules)]
+        yield from _messages(tables, rules, ctx)
+        return
+    with _Spill(n_parts) as spill:
+        for src in sources:
+            for t in _read_file(src, ctx, rules):
+                spill.add(t)
+        for tables in spill.partitions():
+            yield from _messages(tables, rules, ctx)
+
+
+# Input bytes per partition when the exports are spilled: collapsing a partition takes about
+# 15 times its input size in memory (recipient rows, sort and group-by copies).
+PARTITION_BYTES = 32 << 20
+
+
+def _input_bytes(src: Source) -> int:
+    """Size of the decompressed content, estimated for .gz (mail logs compress about 8:1)."""
+    try:
+        if src.member is not None:
+            import zipfile
+
+            with zipfile.ZipFile(src.path) as zf:
+                size = zf.getinfo(src.member).file_size
+            return size * (8 if src.member.lower().endswith(".gz") else 1)
+        size = src.path.stat().st_size
+    except (OSError, KeyError, ValueError):
+        return 0
+    return size * (8 if src.path.suffix.lower() == ".gz" else 1)
+
+
+def _messages(tables: list[pa.Table], rules: dict[str, bool | None],
+              ctx: IngestContext) -> Iterator[pa.RecordBatch]:
+    """Raw canonical rows (each table from one file) -> message batches."""
+    parts = [_dates(t, rules, ctx) for t in tables if t.num_rows]
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return
     rows = pa.concat_tables(parts, promote_options="permissive")
+    del parts
     messages = _collapse(rows, ctx)
     for i in range(0, messages.num_rows, 100_000):
         yield _batch(messages.slice(i, 100_000))
 
 
-def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
+class _Spill:
+    """Raw canonical rows written to `n` temporary Arrow IPC files by a hash of their message
+    key, so that all rows of one message (whatever file they came from) meet in one
+    partition. The temporary folder goes away with the context, crash or not."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.dir: Path | None = None
+        self.writers: list = []
+
+    def __enter__(self) -> _Spill:
+        self.dir = Path(tempfile.mkdtemp(prefix="relay-impact-trace-"))
+        self.writers = [None] * self.n
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _close(self) -> None:
+        for w in self.writers:
+            if w is not None:
+                w.close()
+        self.writers = [None] * self.n
+
+    def add(self, t: pa.Table) -> None:
+        if not t.num_rows:
+            return
+        t = t.cast(_RAW_SCHEMA)
+        part = _partition_of(t, self.n)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self.n + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            if self.writers[k] is None:
+                self.writers[k] = pa.ipc.new_stream(self.dir / f"{k}.arrows", _RAW_SCHEMA)
+            # One batch per source file (the date rule is the file's).
+            self.writers[k].write_table(t.take(order[bounds[k]:bounds[k + 1]]))
+
+    def partitions(self) -> Iterator[list[pa.Table]]:
+        self._close()
+        for k in range(self.n):
+            path = self.dir / f"{k}.arrows"
+            if not path.exists():
+                continue
+            with pa.ipc.open_stream(path) as reader:
+                tables = [pa.Table.from_batches([b]) for b in reader]
+            path.unlink()
+            yield tables
+
+
+_RAW_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in COLUMNS]
+    + [("line", pa.int64()), ("nlines", pa.int64()), ("file", pa.string()),
+       ("host", pa.string()), ("rich", pa.int8())])
+
+
+def _partition_of(t: pa.Table, n: int) -> np.ndarray:
+    """Partition of each row: a hash of the message key _collapse groups by (message id and
+    trace id as normalised there), computed once per distinct key."""
+    keys = _message_key(t.column("message_id").combine_chunks(),
+                        t.column("trace_id").combine_chunks())
+    enc = pc.dictionary_encode(keys)
+    hashes = pd.util.hash_array(enc.dictionary.to_numpy(zero_copy_only=False))
+    return (hashes % np.uint64(n)).astype(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _message_key(mid: pa.Array, tid: pa.Array) -> pa.Array:
+    """'message id|trace id', lower case, without the Message-ID's angle brackets."""
+    mid_n = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(mid, ""), r"^<|>$", ""))
+    tid_n = pc.utf8_lower(pc.fill_null(tid, ""))
+    return pc.binary_join_element_wise(mid_n, tid_n, "|")
+
+
+def _read_file(src: Source, ctx: IngestContext, rules: dict[str, bool | None]
+               ) -> Iterator[pa.Table]:
+    """Raw canonical rows of one export, a reader batch at a time (times still as text); the
+    file's date rule goes into `rules` once the whole file has been seen."""
     head = src.head()
     lines = _first_lines(head)
     if lines and lines[0].lstrip().startswith("{"):
-        yield from _read_json(src, ctx)
+        yield from _read_json(src, ctx, rules)
         return
     cols, skip = _header_of(lines)
     if not detect(head):
@@ -174,7 +296,7 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
     ctx.skipped(src.name, NAME, "header line (#TYPE and column names)", skip + 1)
     total_lines, blanks = _scan_lines(src)
     numbering = _Numbering(first_line=skip + 2, blanks=blanks[blanks > skip + 1])
-    tables: list[pa.Table] = []
+    evidence = DateEvidence()
     for batch in reader:
         t = pa.Table.from_batches([batch])
         nl = _newlines_per_row(t)
@@ -182,13 +304,29 @@ def _read_file(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
         invalid.clear()
         _reject_invalid(src, ctx, bad_lines, bad_raw)
         ctx.lines_read(src.name, NAME, int(t.num_rows + nl.sum()))
-        tables.append(_canonical(t, pos, line, nl, src))
+        rows = _canonical(t, pos, line, nl, src)
+        _observe_dates(rows, evidence, ctx)
+        yield rows
     if invalid:
         bad_lines, bad_raw = numbering.rest(invalid)
         _reject_invalid(src, ctx, bad_lines, bad_raw)
     _account_blank_lines(src, ctx, total_lines)
-    if tables:
-        yield _dates(pa.concat_tables(tables), src, ctx)
+    rules[src.name] = _date_rule(evidence, src, ctx)
+
+
+def _observe_dates(rows: pa.Table, evidence: DateEvidence, ctx: IngestContext) -> None:
+    if ctx.options.date_format is None and ctx.options.dayfirst is None:
+        evidence.observe(_DateParts(rows.column("ts").combine_chunks()))
+
+
+def _date_rule(evidence: DateEvidence, src: Source, ctx: IngestContext) -> bool | None:
+    """The file's day-first rule: --dayfirst, else its dates' evidence (an error when they fit
+    both ways); irrelevant with --date-format."""
+    if ctx.options.date_format is not None:
+        return None
+    if ctx.options.dayfirst is not None:
+        return ctx.options.dayfirst
+    return evidence.decide(src.name)
 
 
 _SCAN_PIECE = 1 << 20  # characters per read of _scan_lines
@@ -315,7 +453,8 @@ def _canonical(t: pa.Table, pos: dict[str, int], line: np.ndarray, nl: np.ndarra
     return pa.table(out)
 
 
-def _read_json(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
+def _read_json(src: Source, ctx: IngestContext, rules: dict[str, bool | None]
+               ) -> Iterator[pa.Table]:
     """Reporting Web Service / Graph records, one JSON object per line (ConvertTo-Json
     -Compress per record). Field names are the cmdlet's (Received, SenderAddress, ...)."""
     with src.open() as fh:
@@ -338,7 +477,11 @@ def _read_json(src: Source, ctx: IngestContext) -> Iterator[pa.Table]:
     t = pa.table([c.cast(pa.string()) if not pa.types.is_string(c.type) else c
                   for c in t.columns], names=t.column_names)
     line = np.array(keep, dtype=np.int64) + 1
-    yield _dates(_canonical(t, pos, line, np.zeros(len(keep), dtype=np.int64), src), src, ctx)
+    rows = _canonical(t, pos, line, np.zeros(len(keep), dtype=np.int64), src)
+    evidence = DateEvidence()
+    _observe_dates(rows, evidence, ctx)
+    rules[src.name] = _date_rule(evidence, src, ctx)
+    yield rows
 
 
 # --- dates -------------------------------------------------------------------------------------
@@ -353,22 +496,98 @@ _YMD_RE = (
 )
 
 
-def _dates(t: pa.Table, src: Source, ctx: IngestContext) -> pa.Table:
-    """Parse the file's timestamps (decided once per file), reject rows whose time is
-    unreadable, account the rest as parsed."""
+def _dates(t: pa.Table, rules: dict[str, bool | None], ctx: IngestContext) -> pa.Table:
+    """Parse the timestamps of one file's rows with the rule decided for that file (`rules`,
+    by file name), reject rows whose time is unreadable, account the rest as parsed."""
+    name = t.column("file")[0].as_py()
     raw = t.column("ts").combine_chunks()
-    ts, bad, why = parse_dates(raw, ctx.options.dayfirst, ctx.options.date_format, src.name)
+    ts, bad, why = parse_dates(raw, rules.get(name, True), ctx.options.date_format, name)
     bad_np = bad.to_numpy(zero_copy_only=False)
     if bad_np.any():
         idx = np.flatnonzero(bad_np)
-        ctx.reject_lines(NAME, src.name, t.column("line").take(idx).to_pylist(), why,
+        ctx.reject_lines(NAME, name, t.column("line").take(idx).to_pylist(), why,
                          pc.fill_null(raw.take(idx), "").to_pylist())
         extra = int(pc.sum(t.column("nlines").take(idx)).as_py()) - len(idx)
-        ctx.skipped(src.name, NAME, "continuation line of a rejected row", extra)
+        ctx.skipped(name, NAME, "continuation line of a rejected row", extra)
         t = t.filter(pa.array(~bad_np))
         ts = ts.filter(pa.array(~bad_np))
-    ctx.parsed(src.name, NAME, int(pc.sum(t.column("nlines")).as_py() or 0))
+    ctx.parsed(name, NAME, int(pc.sum(t.column("nlines")).as_py() or 0))
     return t.set_column(t.column_names.index("ts"), "ts", ts)
+
+
+class _DateParts:
+    """A column of exported times split into ISO 8601 ones and culture ones (`11/13/2026
+    9:02:11 AM`, `13.11.2026 09:02:11`, `2026/11/13 9:02`), the latter into their fields."""
+
+    def __init__(self, raw: pa.Array):
+        self.s = s = pc.utf8_trim_whitespace(raw)
+        self.iso_like = pc.fill_null(pc.match_substring_regex(s, r"^\d{4}-\d{2}-\d{2}"), False)
+        not_iso = pc.if_else(self.iso_like, pa.scalar(None, pa.string()), s)
+        self.cult = pc.extract_regex(not_iso, _CULTURE_RE)
+        self.ymd = pc.extract_regex(not_iso, _YMD_RE)
+        self.is_cult = pc.is_valid(self.cult)
+        self.is_ymd = pc.and_(pc.invert(self.is_cult), pc.is_valid(self.ymd))
+        self.a = self.field("a").cast(pa.int64())
+        self.b = self.field("b").cast(pa.int64())
+
+    def field(self, f: str) -> pa.Array:
+        a = pc.if_else(self.is_cult, self.cult.field(f), self.ymd.field(f))
+        return pc.if_else(pc.or_(self.is_cult, self.is_ymd), a, pa.scalar(None, pa.string()))
+
+    def to_utc(self, dayfirst: bool) -> tuple[pa.Array, pa.Array]:
+        """(UTC timestamps, unreadable) with culture dates read day first or month first."""
+        a, b, is_cult = self.a, self.b, self.is_cult
+        day = pc.if_else(is_cult, b if not dayfirst else a, b)
+        month = pc.if_else(is_cult, a if not dayfirst else b, a)
+        hour = self.field("H").cast(pa.int64())
+        ampm = pc.utf8_lower(pc.utf8_slice_codeunits(pc.fill_null(self.field("ampm"), ""), 0, 1))
+        # 12-hour clock: 12 AM is 00, 12 PM is 12, 1 PM is 13.
+        base = pc.if_else(pc.equal(hour, 12), 0, hour)
+        hour = pc.if_else(pc.equal(ampm, "p"), pc.add(base, 12),
+                          pc.if_else(pc.equal(ampm, "a"), base, hour))
+        iso = pc.binary_join_element_wise(
+            self.field("y"), "-", _pad(month), "-", _pad(day), "T", _pad(hour), ":",
+            self.field("M"), ":", pc.fill_null(self.field("S"), "00"), "Z", "",
+        )
+        iso_ts, iso_bad = parse_iso_utc(pc.if_else(self.iso_like, self.s,
+                                                   pa.scalar(None, pa.string())))
+        cult_ts, cult_bad = parse_iso_utc(iso)
+        ts = pc.if_else(self.iso_like, iso_ts, cult_ts)
+        nonempty = pc.fill_null(pc.greater(pc.utf8_length(self.s), 0), False)
+        bad = pc.or_(pc.and_(nonempty, pc.is_null(ts)), pc.invert(nonempty))
+        bad = pc.or_(bad, pc.fill_null(pc.or_(iso_bad, cult_bad), False))
+        return ts, pc.fill_null(bad, True)
+
+
+class DateEvidence:
+    """Day first or month first, decided for a whole file from all its culture dates (which
+    may come in several batches): a first number above 12 means day first, a second number
+    above 12 means month first. A file whose dates fit both ways is an error, not a guess."""
+
+    def __init__(self) -> None:
+        self.a_day = self.b_day = False
+        self.example: str | None = None  # a date that reads differently the two ways
+
+    def observe(self, parts: _DateParts) -> None:
+        if not pc.any(parts.is_cult).as_py():
+            return
+        a_c, b_c = parts.a.filter(parts.is_cult), parts.b.filter(parts.is_cult)
+        self.a_day |= bool(pc.any(pc.greater(a_c, 12)).as_py())
+        self.b_day |= bool(pc.any(pc.greater(b_c, 12)).as_py())
+        if self.example is None and pc.any(pc.not_equal(a_c, b_c)).as_py():
+            self.example = _example(parts.s, parts.is_cult, parts.a, parts.b)
+
+    def decide(self, name: str) -> bool:
+        if self.a_day and self.b_day:
+            raise InputFormatError(
+                f"{name}: the dates mix day-first and month-first forms; {_DATE_HINT}")
+        if self.a_day or self.b_day:
+            return self.a_day
+        if self.example is not None:
+            raise InputFormatError(
+                f"{name}: dates like {self.example} are ambiguous (day/month or month/day) and "
+                f"no date in the file settles it; {_DATE_HINT}")
+        return True  # every date has day == month: both readings agree
 
 
 def parse_dates(
@@ -376,67 +595,20 @@ def parse_dates(
 ) -> tuple[pa.Array, pa.Array, str]:
     """Timestamps as exported -> UTC. ISO 8601 as is; culture dates (`11/13/2026 9:02:11 AM`,
     `13.11.2026 09:02:11`) by a rule decided for the whole file: `date_format`, else `dayfirst`,
-    else the file's own evidence (a first number above 12 means day first, a second number above
-    12 means month first). A file whose dates fit both ways is an error, not a guess."""
-    s = pc.utf8_trim_whitespace(raw)
+    else the evidence of these dates (DateEvidence)."""
     if date_format:
+        s = pc.utf8_trim_whitespace(raw)
         ts = pc.strptime(s, format=date_format, unit="us", error_is_null=True)
         ts = pc.cast(pc.cast(ts, pa.timestamp("us")), TS)
         bad = pc.fill_null(pc.and_(pc.is_valid(s), pc.is_null(ts)), True)
         return ts, bad, f"date is not in the --date-format {date_format!r}"
-    iso_like = pc.fill_null(pc.match_substring_regex(s, r"^\d{4}-\d{2}-\d{2}"), False)
-    iso_ts, iso_bad = parse_iso_utc(pc.if_else(iso_like, s, pa.scalar(None, pa.string())))
-    cult = pc.extract_regex(pc.if_else(iso_like, pa.scalar(None, pa.string()), s), _CULTURE_RE)
-    ymd = pc.extract_regex(pc.if_else(iso_like, pa.scalar(None, pa.string()), s), _YMD_RE)
-    is_cult = pc.is_valid(cult)
-    is_ymd = pc.and_(pc.invert(is_cult), pc.is_valid(ymd))
-
-    def field(f: str) -> pa.Array:
-        a = pc.if_else(is_cult, cult.field(f), ymd.field(f))
-        return pc.if_else(pc.or_(is_cult, is_ymd), a, pa.scalar(None, pa.string()))
-
-    a = field("a").cast(pa.int64())
-    b = field("b").cast(pa.int64())
-    if pc.any(is_cult).as_py():
-        a_c = a.filter(is_cult)
-        b_c = b.filter(is_cult)
-        a_day = pc.any(pc.greater(a_c, 12)).as_py()
-        b_day = pc.any(pc.greater(b_c, 12)).as_py()
-        if dayfirst is None:
-            if a_day and b_day:
-                raise InputFormatError(
-                    f"{name}: the dates mix day-first and month-first forms; {_DATE_HINT}"
-                )
-            if a_day or b_day:
-                dayfirst = bool(a_day)
-            elif pc.any(pc.not_equal(a_c, b_c)).as_py():
-                raise InputFormatError(
-                    f"{name}: dates like {_example(s, is_cult, a, b)} are ambiguous "
-                    f"(day/month or month/day) and no date in the file settles it; {_DATE_HINT}"
-                )
-            else:
-                dayfirst = True  # every date has day == month: both readings agree
-    day = pc.if_else(is_cult, b if not dayfirst else a, b)
-    month = pc.if_else(is_cult, a if not dayfirst else b, a)
-    hour = field("H").cast(pa.int64())
-    ampm = pc.utf8_lower(pc.utf8_slice_codeunits(pc.fill_null(field("ampm"), ""), 0, 1))
-    # 12-hour clock: 12 AM is 00, 12 PM is 12, 1 PM is 13.
-    base = pc.if_else(pc.equal(hour, 12), 0, hour)
-    hour = pc.if_else(pc.equal(ampm, "p"), pc.add(base, 12),
-                      pc.if_else(pc.equal(ampm, "a"), base, hour))
-    iso = pc.binary_join_element_wise(
-        field("y"), "-", _pad(month), "-", _pad(day), "T", _pad(hour), ":", field("M"), ":",
-        pc.fill_null(field("S"), "00"), "Z", "",
-    )
-    cult_ts, cult_bad = parse_iso_utc(iso)
-    ts = pc.if_else(iso_like, iso_ts, cult_ts)
-    nonempty = pc.fill_null(pc.greater(pc.utf8_length(s), 0), False)
-    bad = pc.or_(
-        pc.and_(nonempty, pc.is_null(ts)),
-        pc.invert(nonempty),
-    )
-    bad = pc.or_(bad, pc.fill_null(pc.or_(iso_bad, cult_bad), False))
-    return ts, pc.fill_null(bad, True), "time is not a date the export could have written"
+    parts = _DateParts(raw)
+    if dayfirst is None:
+        evidence = DateEvidence()
+        evidence.observe(parts)
+        dayfirst = evidence.decide(name)
+    ts, bad = parts.to_utc(dayfirst)
+    return ts, bad, "time is not a date the export could have written"
 
 
 def _pad(a: pa.Array) -> pa.Array:
@@ -481,12 +653,11 @@ def _collapse(rows: pa.Table, ctx: IngestContext) -> pa.Table:
     n = rows.num_rows
     mid = col("message_id")
     tid = col("trace_id")
-    mid_n = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(mid, ""), r"^<|>$", ""))
-    tid_n = pc.utf8_lower(pc.fill_null(tid, ""))
+    key = _message_key(mid, tid)
     # Rows with neither id stay separate messages.
-    lonely = pc.and_(pc.equal(mid_n, ""), pc.equal(tid_n, ""))
+    lonely = pc.equal(key, "|")
     uniq = pc.binary_join_element_wise(pa.array(np.arange(n).astype(str)), pa.scalar("#"), "")
-    key = pc.if_else(lonely, uniq, pc.binary_join_element_wise(mid_n, tid_n, "|"))
+    key = pc.if_else(lonely, uniq, key)
     rows = rows.append_column("key", key)
     # De-duplicate rows repeated by overlapping exports (richest file first).
     rows = rows.append_column("order", pa.array(np.arange(n)))

@@ -186,3 +186,24 @@ def test_undecodable_bytes_and_a_truncated_utf16_file_are_not_fatal(tmp_path, sa
     utf16.write_bytes(b"\xff\xfe" + src.read_bytes().decode("utf-8-sig").encode("utf-16-le")[:-1])
     rows, _, _ = run([utf16])
     assert len(rows) == len(whole)
+
+
+def test_large_exports_are_collapsed_partition_by_partition(test_data, sample_logs, monkeypatch,
+                                                            tmp_path):
+    """Past PARTITION_BYTES the rows are spilled by message key and collapsed a partition at a
+    time: the same messages (overlapping exports de-duplicated across files, each file's own
+    date rule), the same accounting, and no temporary files left behind."""
+    paths = sorted((sample_logs / "exo-trace").iterdir()) + [
+        test_data / "exo-trace" / name for name in (
+            "remoting_type_dayfirst.csv", "enhanced_utf16_bom.csv", "overlap_a.csv",
+            "overlap_b.csv", "detail.csv", "select_subset_monthfirst.csv", "broken_rows.csv")]
+    in_memory, rej_memory, ctx_memory = run(paths)
+    monkeypatch.setattr(exo_trace, "PARTITION_BYTES", 512)
+    monkeypatch.setattr(exo_trace.tempfile, "tempdir", str(tmp_path))
+    spilled, rej_spilled, ctx_spilled = run(paths)
+    key = lambda r: (r["source_file"], r["source_line"])  # noqa: E731
+    assert sorted(spilled, key=key) == sorted(in_memory, key=key)
+    assert len(in_memory) > 15 and rej_memory
+    assert sorted(rej_spilled, key=str) == sorted(rej_memory, key=str)
+    assert ctx_spilled.accounting.files == ctx_memory.accounting.files
+    assert not list(tmp_path.iterdir())
