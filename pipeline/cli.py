@@ -20,6 +20,7 @@ from .ingest import registry
 from .ingest.base import IngestOptions
 from .report import report as lib_report
 from .report import terminal_summary
+from .report.summary import counted
 from .rules import RuleContext, load_pack, pack_names
 from .rules import evaluate as lib_evaluate
 from .schema import IMPACTS
@@ -171,9 +172,9 @@ def ingest(
         skipped = summary["this_run"]["files_skipped"]
         before = sum(not why.startswith("not read") for why in skipped.values())
         typer.echo(
-            f"{t['files']} file{'' if t['files'] == 1 else 's'} read ({before} already read before): {t['lines']} lines, "
+            f"{counted(t['files'], 'file')} read ({before} already read before): {t['lines']} lines, "
             f"{t['parsed']} in messages, {t['skipped_lines']} skipped, {t['rejected_lines']} not parsed; "
-            f"{summary['messages']} message{'' if summary['messages'] == 1 else 's'} in the WORKDIR"
+            f"{counted(summary['messages'], 'message')} in the WORKDIR"
         )
         _echo_not_read(summary)
         typer.echo(f"messages: {out / 'messages'}")

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ import pyarrow.csv as pacsv
 from ..errors import InputFormatError
 from ..normalize import parse_iso_utc
 from ..schema import TS
-from .base import IngestContext, Source, sniff_encoding
+from .base import IngestContext, Source, sniff_encoding, utf8_replaced, whole_string
 
 T = TypeVar("T")
 NL, QUOTE, HASH, CR = 10, 34, 35, 13
@@ -187,29 +187,18 @@ def iter_blocks(
             carry = buf
             continue
         carry = buf[cut:]
-        buf, cut = _valid_utf8(buf, cut)
+        if whole_string(buf, cut) is None:  # pyarrow's CSV reader cannot even hand such a
+            buf = utf8_replaced(buf, cut)    # row to the invalid-row handler
+            cut = len(buf)
         yield from _blocks_of_piece(buf, cut, src, ctx, fmt, default_fields, expected, state)
         del buf, chunk  # only the carried tail (usually part of one line) outlives the block
     if carry:
-        carry, cut = _valid_utf8(carry, len(carry))
-        yield from _blocks_of_piece(carry, cut, src, ctx, fmt, default_fields, expected, state)
+        if whole_string(carry, len(carry)) is None:
+            carry = utf8_replaced(carry, len(carry))
+        yield from _blocks_of_piece(carry, len(carry), src, ctx, fmt, default_fields, expected,
+                                    state)
     if not state["seen_data"] and state["fields"] is None:
         raise InputFormatError(f"{src.name}: no #Fields: line and no data; expected {expected}")
-
-
-def _valid_utf8(buf: bytes, end: int) -> tuple[bytes, int]:
-    """(buf, end) when buf[:end] is valid UTF-8 (checked by Arrow, no copy), else buf[:end]
-    with undecodable bytes replaced by U+FFFD. Logs written in the server's ANSI code page
-    have such bytes, and pyarrow's CSV reader cannot even hand a row holding one to the
-    invalid-row handler. Line ends are untouched, so line numbers stay right."""
-    whole = pa.Array.from_buffers(pa.binary(), 1, [
-        None, pa.py_buffer(np.array([0, end], dtype=np.int32)), pa.py_buffer(buf)])
-    try:
-        whole.cast(pa.string())
-        return buf, end
-    except pa.ArrowInvalid:
-        fixed = bytes(memoryview(buf)[:end]).decode("utf-8", errors="replace").encode("utf-8")
-        return fixed, len(fixed)
 
 
 def _plain_lines(buf: bytes, end: int) -> int:
@@ -241,7 +230,7 @@ def _blocks_of_piece(
             # shows as rows with too few fields, and the careful path takes over.
             table = _read_csv(piece, fields, True, lambda row: "error", state["spec"],
                               newlines=False)
-        except pa.ArrowInvalid:  # invalid row, or not UTF-8 (the careful path replaces bytes)
+        except pa.ArrowInvalid:  # an invalid row: the careful path numbers it
             table = None
         # One row per line: row i is line first+i (a blank line, which the reader skips, would
         # give fewer rows and send the piece to the careful path).
@@ -313,12 +302,9 @@ def _blocks_of(
         state["seen_data"] = True
         # If a stray quote fooled the record finder, parse the run one line per record instead
         # (the reader then skips empty lines that seemed to be inside a quoted value).
-        fallback = (body + first_line, np.ones(len(body), dtype=np.int64),
-                    int((hi - lo) - len(body) - blank[lo:hi].sum()))
-        if stray:
-            recs, span = fallback[0] - first_line, fallback[1]
-        yield from _parse_run(data, fields, recs + first_line, span, src, ctx, fmt, state,
-                              fallback, data_line, newlines=not stray)
+        per_line = _OnePerLine(body + first_line, int((hi - lo) - len(body) - blank[lo:hi].sum()))
+        records = None if stray else (recs + first_line, span)
+        yield from _parse_run(data, fields, records, src, ctx, fmt, state, per_line, data_line)
     if len(cuts) and cuts[-1] >= 0:
         _apply_header(buf[starts[cuts[-1]] : ends[cuts[-1]]], state)
 
@@ -368,39 +354,45 @@ def _read_csv(
     )
 
 
+class _OnePerLine(NamedTuple):
+    """A run read one line per record: its lines with text, and the empty lines the reader
+    then drops (they had seemed to be inside a quoted value, so nobody counted them)."""
+
+    lines: np.ndarray
+    dropped_blank: int
+
+
 def _parse_run(
-    data: bytes, fields: list[str], rec_lines: np.ndarray, span: np.ndarray,
-    src: Source, ctx: IngestContext, fmt: str, state: dict,
-    fallback: tuple[np.ndarray, np.ndarray, int], data_line: int, newlines: bool = True,
+    data: bytes, fields: list[str], records: tuple[np.ndarray, np.ndarray] | None,
+    src: Source, ctx: IngestContext, fmt: str, state: dict, per_line: _OnePerLine,
+    data_line: int,
 ) -> Iterator[Block]:
-    """One run of records under one #Fields line as a Block. `fallback` is (line, span) with
-    one line per record, and the number of empty lines that reading drops: used when quotes
-    are unbalanced (newlines=False from the start, or when the rows do not come out as
-    counted)."""
+    """One run of records under one #Fields line as a Block. `records` is (first line, lines
+    spanned) per record as the quotes delimit them; when None (quotes unbalanced before the
+    first record), or when the reader's rows do not come out as counted, the run is read
+    one line per record instead (`per_line`). `data` is valid UTF-8 (iter_blocks)."""
     invalid: list = []
-    if not newlines:
-        ctx.skipped(src.name, fmt, "blank line", fallback[2])
-        data, rec_lines, span = _drop_unbalanced(data, data_line, fallback[:2], src, ctx, fmt)
+    spec = state["spec"]
 
     def on_invalid(row) -> str:
         invalid.append(row)
         return "skip"
 
-    spec = state["spec"]
-    try:
-        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
-    except pa.ArrowInvalid:
-        # Not UTF-8 (protocol logs are sometimes written in the server's ANSI code page):
-        # replace undecodable bytes; line structure is unchanged.
-        data = data.decode("utf-8", errors="replace").encode("utf-8")
+    def read_per_line() -> tuple[pa.Table, bytes, np.ndarray, np.ndarray]:
+        ctx.skipped(src.name, fmt, "blank line", per_line.dropped_blank)
+        text, lines = _drop_unbalanced(data, data_line, per_line.lines, src, ctx, fmt)
         invalid.clear()
-        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
-    if newlines and table.num_rows + len(invalid) != len(rec_lines):
-        ctx.skipped(src.name, fmt, "blank line", fallback[2])
-        data, rec_lines, span = _drop_unbalanced(data, data_line, fallback[:2], src, ctx, fmt)
-        newlines = False
-        invalid.clear()
-        table = _read_csv(data, fields, True, on_invalid, spec, newlines)
+        table = _read_csv(text, fields, True, on_invalid, spec, newlines=False)
+        return table, text, lines, np.ones(len(lines), dtype=np.int64)
+
+    newlines = records is not None
+    if newlines:
+        rec_lines, span = records
+        table = _read_csv(data, fields, True, on_invalid, spec)
+        if table.num_rows + len(invalid) != len(rec_lines):
+            newlines = False
+    if not newlines:
+        table, data, rec_lines, span = read_per_line()
     keep = np.ones(len(rec_lines), dtype=bool)
     if invalid:
         # Threaded parsing does not number invalid rows; parse again in one thread to get them.
@@ -425,19 +417,17 @@ def _parse_run(
     yield Block(table, lines, nlines, dict(state["headers"]), data, data_line)
 
 
-def _drop_unbalanced(data: bytes | memoryview, data_line: int,
-                     one_per_line: tuple[np.ndarray, np.ndarray], src: Source,
-                     ctx: IngestContext, fmt: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+def _drop_unbalanced(data: bytes | memoryview, data_line: int, lines: np.ndarray,
+                     src: Source, ctx: IngestContext, fmt: str) -> tuple[bytes, np.ndarray]:
     """Read one line per record: a line with an odd number of quotes opens a value it never
     closes (the CSV reader would run it on into the next lines), so it is rejected and emptied
-    in `data`, which keeps its line numbering. Returns (data, record lines, spans)."""
-    lines, span = one_per_line
-    starts, ends, qcount = _line_table(bytes(data))
+    in `data`, which keeps its line numbering. Returns (data, the other lines)."""
+    raw = bytes(data)
+    starts, ends, qcount = _line_table(raw)
     rel = lines - data_line
     odd = qcount[rel] % 2 == 1
     if not odd.any():
-        return data, lines, span
-    raw = bytes(data)
+        return raw, lines
     bad = rel[odd]
     ctx.reject_lines(fmt, src.name, lines[odd].tolist(),
                      "unbalanced double quote: a quoted value that never closes",
@@ -448,7 +438,7 @@ def _drop_unbalanced(data: bytes | memoryview, data_line: int,
     np.add.at(delta, starts[bad], 1)
     np.add.at(delta, ends[bad], -1)
     keep = np.cumsum(delta[:-1]) == 0
-    return np.frombuffer(raw, dtype=np.uint8)[keep].tobytes(), lines[~odd], span[~odd]
+    return np.frombuffer(raw, dtype=np.uint8)[keep].tobytes(), lines[~odd]
 
 
 def read_ahead(items: Iterator[T]) -> Iterator[T]:

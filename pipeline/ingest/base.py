@@ -112,6 +112,24 @@ def text_stream(source: Source) -> tuple[IO[str], str]:
     return io.TextIOWrapper(source.open(), encoding=enc, errors="replace", newline=""), enc
 
 
+def whole_string(buf: bytes | np.ndarray, size: int) -> pa.StringArray | None:
+    """buf[:size] as one string value, without a copy; None when it is not valid UTF-8
+    (Arrow checks the whole buffer at once)."""
+    arr = pa.Array.from_buffers(pa.string(), 1, [
+        None, pa.py_buffer(np.array([0, size], np.int32)), pa.py_buffer(buf)])
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    return arr
+
+
+def utf8_replaced(buf: bytes | np.ndarray, size: int) -> bytes:
+    """buf[:size] with undecodable bytes replaced by U+FFFD. Line ends are untouched, so line
+    numbers stay right."""
+    return bytes(memoryview(buf)[:size]).decode("utf-8", errors="replace").encode("utf-8")
+
+
 class _Utf8Bytes(io.RawIOBase):
     """A text stream served as UTF-8 bytes."""
 

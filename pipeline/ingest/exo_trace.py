@@ -34,6 +34,7 @@ import io
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,18 +155,16 @@ PARTITION_BYTES = 32 << 20
 
 
 def _input_bytes(src: Source) -> int:
-    """Size of the decompressed content, estimated for .gz (mail logs compress about 8:1)."""
+    """Size of the decompressed content, estimated for .gz (text logs compress about 8:1)."""
     try:
         if src.member is not None:
-            import zipfile
-
             with zipfile.ZipFile(src.path) as zf:
                 size = zf.getinfo(src.member).file_size
-            return size * (8 if src.member.lower().endswith(".gz") else 1)
-        size = src.path.stat().st_size
-    except (OSError, KeyError, ValueError):
+        else:
+            size = src.path.stat().st_size
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return 0
-    return size * (8 if src.path.suffix.lower() == ".gz" else 1)
+    return size * (8 if src.name.lower().endswith(".gz") else 1)
 
 
 def _messages(tables: list[pa.Table], rules: dict[str, bool | None],
@@ -501,7 +500,7 @@ def _dates(t: pa.Table, rules: dict[str, bool | None], ctx: IngestContext) -> pa
     by file name), reject rows whose time is unreadable, account the rest as parsed."""
     name = t.column("file")[0].as_py()
     raw = t.column("ts").combine_chunks()
-    ts, bad, why = parse_dates(raw, rules.get(name, True), ctx.options.date_format, name)
+    ts, bad, why = parse_dates(raw, rules[name], ctx.options.date_format, name)
     bad_np = bad.to_numpy(zero_copy_only=False)
     if bad_np.any():
         idx = np.flatnonzero(bad_np)

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from ..errors import InputFormatError
 from ..normalize import parse_iso_utc
 from ..schema import TS
-from .base import Source
+from .base import Source, utf8_replaced, whole_string
 
 _MONTHS = pa.array(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"])
 _MONTH_NUM = pa.array([f"{m:02d}" for m in range(1, 13)])
@@ -585,12 +585,8 @@ def raw_lines(block: bytes | np.ndarray) -> RawLines:
         padded, size = block, len(block) - _PAD
     else:
         padded, size = None, len(block)
-    data = pa.py_buffer(block)
-    text = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, size], np.int32)), data])
-    try:
-        text.validate(full=True)
-    except pa.ArrowInvalid:
-        block = bytes(memoryview(block)[:size]).decode("utf-8", errors="replace").encode("utf-8")
+    if whole_string(block, size) is None:
+        block = utf8_replaced(block, size)
         padded, size = None, len(block)
     if padded is None:
         padded = np.zeros(size + _PAD, dtype=np.uint8)

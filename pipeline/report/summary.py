@@ -11,7 +11,12 @@ from pathlib import Path
 from .aggregate import REJECTED_IMPACTS, SENDER_KEYS, collect
 from .period import parse_period
 
-__all__ = ["REJECTED_IMPACTS", "SENDER_KEYS", "build_summary", "terminal_summary"]
+__all__ = ["REJECTED_IMPACTS", "SENDER_KEYS", "build_summary", "counted", "terminal_summary"]
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 message', '2 messages'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def build_summary(workdir: str | Path, top: int = 20, since: str | None = None, until: str | None = None) -> dict:
@@ -44,5 +49,5 @@ def terminal_summary(summary: dict) -> str:
             f"{sum(lines_info['skipped'].values())} skipped, {summary['rejected_lines']} not parsed (see rejects/)"
         )
     for text, count in list(summary.get("warnings", {}).items())[:5]:
-        lines.append(f"warning: {text} ({count} message{'' if count == 1 else 's'})")
+        lines.append(f"warning: {text} ({counted(count, 'message')})")
     return "\n".join(lines)
